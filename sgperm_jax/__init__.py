@@ -1,0 +1,49 @@
+"""sgperm_jax: train neural networks by permuting their weights, in JAX.
+
+Stochastic Gradient Permutation (Qiu & Suda, "Permute to Train") as an optax
+``GradientTransformation``, with its four stages as pure functions:
+:func:`recommend`, :func:`partition` (with :func:`permissibility_graph`),
+:func:`find_cycles` and :func:`permute`.
+"""
+
+from sgperm_jax._cycles import find_cycles
+from sgperm_jax._cycles import source_order
+from sgperm_jax._exact import exact_params
+from sgperm_jax._graph import PermissibilityGraph
+from sgperm_jax._graph import permissibility_graph
+from sgperm_jax._partition import Partition
+from sgperm_jax._partition import partition
+from sgperm_jax._partition import partition_size
+from sgperm_jax._permute import permute
+from sgperm_jax._recommendation import RecommendationState
+from sgperm_jax._recommendation import momentum_recommendation
+from sgperm_jax._recommendation import recommend
+from sgperm_jax._schedules import aggressiveness
+from sgperm_jax._schedules import partition_ratio
+from sgperm_jax._transform import PermutationState
+from sgperm_jax._transform import permutation_step
+from sgperm_jax._transform import permute_by_recommendation
+from sgperm_jax._transform import sgperm
+
+__version__ = "0.1.0"
+
+__all__ = (
+    "PermissibilityGraph",
+    "Partition",
+    "PermutationState",
+    "RecommendationState",
+    "aggressiveness",
+    "exact_params",
+    "find_cycles",
+    "momentum_recommendation",
+    "partition",
+    "partition_ratio",
+    "partition_size",
+    "permissibility_graph",
+    "permutation_step",
+    "permute",
+    "permute_by_recommendation",
+    "recommend",
+    "sgperm",
+    "source_order",
+)

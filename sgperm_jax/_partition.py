@@ -1,0 +1,90 @@
+"""Partition: cut each row into random subsets and sort every subset by value.
+
+SPEC §3.1-§3.4. With partition size ``P = max(partition_size_min,
+floor(lamda * n))`` a row is one subset in natural order when ``P >= n``;
+otherwise its positions are shuffled uniformly at random and cut into chunks
+of ``P`` (a shorter last chunk takes part only if asked). Each subset is then
+ordered by value, ascending and stably (ties keep their order in the
+subset). The result is the *sorted layout* that the later stages work in:
+position ``j`` of a row holds the ``j``-th vertex, subsets are consecutive.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import chex
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+
+class Partition(NamedTuple):
+  """Rows of weights in sorted layout, shape ``(rows, n)`` for every field."""
+  order: jax.Array  # int32: original position in the row of each vertex
+  values: jax.Array  # the weight held by each vertex
+  recommendations: jax.Array  # the recommendation of each vertex's slot
+  subset_lo: jax.Array  # int32: first sorted position of the vertex's subset
+  subset_hi: jax.Array  # int32: one past its subset's last position
+  active: jax.Array  # bool: vertex takes part (r != 0, finite, not left out)
+
+
+def partition_size(lamda: chex.Numeric, n: int,
+                   partition_size_min: chex.Numeric) -> jax.Array:
+  """``min(n, max(partition_size_min, floor(lamda * n)))`` as an int32 scalar.
+
+  Example:
+    >>> import sgperm_jax
+    >>> int(sgperm_jax.partition_size(0.1, 784, 10))
+    78
+  """
+  p = jnp.maximum(jnp.floor(jnp.asarray(lamda, jnp.float32) * n).astype(
+      jnp.int32), jnp.asarray(partition_size_min).astype(jnp.int32))
+  return jnp.clip(p, 1, n)
+
+
+def _shuffle(key: jax.Array, rows: int, n: int) -> jax.Array:
+  """A uniformly random permutation of ``range(n)`` for each row."""
+  bits = jax.random.bits(key, (rows, n), jnp.uint32)
+  iota = lax.broadcasted_iota(jnp.int32, (rows, n), 1)
+  return lax.sort((bits, iota), dimension=1, num_keys=1, is_stable=True)[1]
+
+
+def partition(key: jax.Array, values: jax.Array, recommendations: jax.Array,
+              size: chex.Numeric, include_remainder: chex.Numeric = True
+              ) -> Partition:
+  """Randomly partitions rows and sorts each subset by value (SPEC §3.1-4).
+
+  Args:
+    key: PRNG key; every row gets its own shuffle.
+    values: ``(rows, n)`` weights.
+    recommendations: ``(rows, n)`` recommendations (``r > 0``: wants smaller).
+      Zero or non-finite entries are inactive.
+    size: partition size ``P`` (see :func:`partition_size`); may be traced.
+    include_remainder: whether a shorter last chunk takes part.
+
+  Returns:
+    A :class:`Partition` in sorted layout.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, sgperm_jax
+    >>> p = sgperm_jax.partition(jax.random.key(0), jnp.array([[3., 1., 2.]]),
+    ...                          jnp.array([[1., 0., -1.]]), size=3)
+    >>> p.values.tolist(), p.order.tolist(), p.active.tolist()
+    ([[1.0, 2.0, 3.0]], [[1, 2, 0]], [[False, True, True]])
+  """
+  rows, n = values.shape
+  size = jnp.clip(jnp.asarray(size, jnp.int32), 1, n)
+  iota = lax.broadcasted_iota(jnp.int32, (rows, n), 1)
+  perm = lax.cond(size >= n, lambda: iota, lambda: _shuffle(key, rows, n))
+  chunk = iota // size
+  subset, v, order, r = lax.sort(
+      (chunk, jnp.take_along_axis(values, perm, axis=1), perm,
+       jnp.take_along_axis(recommendations, perm, axis=1)),
+      dimension=1, num_keys=2, is_stable=True)
+  lo = subset * size
+  hi = jnp.minimum(lo + size, n)
+  active = (r != 0) & jnp.isfinite(r)
+  active &= jnp.asarray(include_remainder, bool) | (hi - lo == size)
+  return Partition(order=order, values=v, recommendations=r,
+                   subset_lo=lo, subset_hi=hi, active=active)
