@@ -134,6 +134,13 @@ def _flatten(partitions: Sequence[Partition],
   return flat, nxt, prv, jnp.concatenate(row_bases), base
 
 
+def _gather4(buf, i, j, k, l):
+  """``buf[i], buf[j], buf[k], buf[l]`` (clipped) in a single gather."""
+  lanes = i.shape[0]
+  out = buf.at[jnp.concatenate([i, j, k, l])].get(mode="clip")
+  return tuple(out[q * lanes:(q + 1) * lanes] for q in range(4))
+
+
 def _search_step(flat: _Flat, st: _Search) -> _Search:
   """One step of every lane's search."""
   size = flat.direction.shape[0]
@@ -141,23 +148,31 @@ def _search_step(flat: _Flat, st: _Search) -> _Search:
   nowhere = size  # scatter target that is dropped
 
   mode = st.mode
+  s, a, b = st.source, st.a, st.b
+  top_at = st.sub_lo + st.depth - 1
+  candidate = get(flat.sources, st.src_ptr)
+  u = get(st.stack, top_at)
+  cur = get(st.cursor, top_at)
+  # One gather per buffer that is also written this step, so that XLA can
+  # update it in place (every read then precedes the write by data flow).
+  next_candidate, next_b, next_cur, next_u = _gather4(
+      st.next, candidate, b, cur, u)
+  prev_candidate, prev_a, prev_cur, prev_u = _gather4(
+      st.prev, candidate, a, cur, u)
+
   # --- _PICK: start a search from the next source, or go to the next subset.
   exhausted = ((st.src_ptr >= st.src_end) | (st.up_left == 0)
                | (st.down_left == 0))
   advance = (mode == _PICK) & exhausted
   new_lo = st.sub_hi
   row_finished = new_lo >= flat.row_end
-  candidate = get(flat.sources, st.src_ptr)
   try_source = (mode == _PICK) & ~exhausted
-  start = try_source & (get(st.next, candidate) != _DONE_MARK)
+  start = try_source & (next_candidate != _DONE_MARK)
 
   # --- _SEARCH / _UNWIND: look at the top of the stack.
-  top_at = st.sub_lo + st.depth - 1
-  u = get(st.stack, top_at)
-  cur = get(st.cursor, top_at)
-  u_up = get(flat.direction, u) == UP
+  u_dir = get(flat.direction, u)
+  u_up = u_dir == UP
   lo_u, hi_u = get(flat.reach_lo, u), get(flat.reach_hi, u)
-  s, a, b = st.source, st.a, st.b
   searching = mode == _SEARCH
   past = jnp.where(u_up, cur >= hi_u, cur < lo_u)
   in_interval = (cur >= a) & (cur <= b)
@@ -175,25 +190,22 @@ def _search_step(flat: _Flat, st: _Search) -> _Search:
   unwinding = mode == _UNWIND
 
   # Where the cursor of the top vertex goes next (jump or step over).
-  next_b, prev_a = get(st.next, b), get(st.prev, a)
-  next_cur, prev_cur = get(st.next, cur), get(st.prev, cur)
   moved = jnp.where(jump, jnp.where(u_up, next_b, prev_a),
                     jnp.where(u_up, next_cur, prev_cur))
 
   # --- the vertex being pushed (a candidate source or the cursor).
   pushed = jnp.where(start, candidate, cur)
   pushed_up = get(flat.direction, pushed) == UP
-  pushed_cursor = jnp.where(pushed_up, get(st.next, pushed),
-                            get(st.prev, pushed))
+  pushed_cursor = jnp.where(
+      pushed_up, jnp.where(start, next_candidate, next_cur),
+      jnp.where(start, prev_candidate, prev_cur))
   any_push = start | push
   push_at = jnp.where(start, st.sub_lo, top_at + 1)
   stamp = st.stamp + start.astype(st.stamp.dtype)
 
   # --- a vertex leaving the linked list (done): a failed source or a cycle's.
   leaving = source_fails | unwinding
-  v = u
-  v_prev, v_next = get(st.prev, v), get(st.next, v)
-  v_dir = get(flat.direction, v)
+  v, v_prev, v_next, v_dir = u, prev_u, next_u, u_dir
 
   nxt = st.next.at[jnp.where(leaving & (v_prev >= 0), v_prev, nowhere)].set(
       v_next, mode="drop")
