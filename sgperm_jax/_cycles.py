@@ -277,7 +277,7 @@ def find_cycles(partitions: Partition | Sequence[Partition],
     ...                          jnp.array([[-1., 1., 1.]]), size=3)
     >>> g = sgperm_jax.permissibility_graph(p, alpha=1.0)
     >>> sgperm_jax.find_cycles(p, g).tolist()
-    [[1, 0, 2]]
+    [[2, 0, 1]]
   """
   single = isinstance(partitions, Partition)
   if single:

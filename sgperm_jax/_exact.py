@@ -44,12 +44,13 @@ def exact_params(params: Any, opt_state: Any) -> Any:
 
   Example:
     >>> import jax.numpy as jnp, optax, sgperm_jax
-    >>> tx = sgperm_jax.sgperm(lamda0=1.0)
+    >>> tx = sgperm_jax.sgperm(alpha0=1.0, lamda0=1.0)
     >>> params = jnp.array([1e8, 1.0])
     >>> state = tx.init(params)
     >>> updates, state = tx.update(jnp.array([1., -1.]), state, params)
     >>> optax.apply_updates(params, updates).tolist()
     [0.0, 100000000.0]
+    >>> params = optax.apply_updates(params, updates)
     >>> sgperm_jax.exact_params(params, state).tolist()
     [1.0, 100000000.0]
   """

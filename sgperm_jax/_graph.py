@@ -84,9 +84,9 @@ def permissibility_graph(partition: Partition, alpha: chex.Numeric,
     >>> import jax, jax.numpy as jnp, sgperm_jax
     >>> p = sgperm_jax.partition(jax.random.key(0), jnp.array([[0., 1., 2.]]),
     ...                          jnp.array([[-1., 1., 1.]]), size=3)
-    >>> g = sgperm_jax.permissibility_graph(p, alpha=0.0)
+    >>> g = sgperm_jax.permissibility_graph(p, alpha=0.0)  # eps = 2/3: no edge
     >>> g.direction.tolist(), g.reach_lo.tolist(), g.reach_hi.tolist()
-    ([[1, -1, -1]], [[1, 0, 1]], [[2, 1, 2]])
+    ([[1, -1, -1]], [[1, 1, 2]], [[1, 1, 2]])
   """
   cdt = compute_dtype(partition.values.dtype)
   v = partition.values.astype(cdt)

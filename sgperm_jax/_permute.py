@@ -32,7 +32,7 @@ def permute(partition: Partition, successor: jax.Array) -> jax.Array:
     ...                          jnp.array([[1., -1., 1.]]), size=3)
     >>> g = sgperm_jax.permissibility_graph(p, alpha=1.0)
     >>> sgperm_jax.permute(p, sgperm_jax.find_cycles(p, g)).tolist()
-    [[2.0, 1.0, 0.0]]
+    [[1.0, 2.0, 0.0]]
   """
   moved = jnp.take_along_axis(partition.values, successor, axis=1)
   rows = lax.broadcasted_iota(jnp.int32, moved.shape, 0)

@@ -29,7 +29,7 @@ def aggressiveness(alpha0: optax.ScalarOrSchedule, beta1: float = 1.0,
   Example:
     >>> import sgperm_jax
     >>> sched = sgperm_jax.aggressiveness(0.5, beta1=0.5, alpha_min=0.1)
-    >>> [float(sched(t)) for t in range(3)]
+    >>> [round(float(sched(t)), 6) for t in range(3)]
     [0.25, 0.125, 0.1]
   """
   if callable(alpha0):
@@ -56,7 +56,7 @@ def partition_ratio(lamda0: optax.ScalarOrSchedule, beta2: float = 1.0,
   Example:
     >>> import sgperm_jax
     >>> sched = sgperm_jax.partition_ratio(0.25, beta2=2.0, lamda_max=0.9)
-    >>> [float(sched(t)) for t in range(3)]
+    >>> [round(float(sched(t)), 6) for t in range(3)]
     [0.5, 0.9, 0.9]
   """
   if callable(lamda0):

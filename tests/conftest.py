@@ -1,7 +1,9 @@
-"""Shared fixtures: 64-bit mode on demand, and strict dtype promotion."""
+"""Shared test setup: 64-bit mode on demand, rank promotion as an error."""
 
 import jax
 import pytest
+
+jax.config.update("jax_numpy_rank_promotion", "raise")
 
 
 @pytest.fixture
