@@ -1,0 +1,180 @@
+"""The four stages against the NumPy oracle, and their composition."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import sgperm_jax
+from tests import reference
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16,
+           "float16": jnp.float16}
+
+
+@st.composite
+def _rows(draw):
+  """Random rows with ties, zero and non-finite recommendations."""
+  rows = draw(st.sampled_from([1, 3]))  # few shapes: one compile each
+  n = draw(st.sampled_from([2, 5, 16, 33]))
+  dtype = draw(st.sampled_from(sorted(_DTYPES)))
+  distinct = draw(st.integers(1, n))  # few distinct values -> many ties
+  seed = draw(st.integers(0, 2**31 - 1))
+  rng = np.random.default_rng(seed)
+  palette = rng.normal(size=distinct) * draw(st.sampled_from([1e-3, 1., 1e3]))
+  w = palette[rng.integers(0, distinct, size=(rows, n))]
+  r = rng.normal(size=(rows, n))
+  r[rng.random((rows, n)) < draw(st.floats(0, 0.5))] = 0.0
+  special = rng.random((rows, n)) < draw(st.floats(0, 0.2))
+  r[special] = rng.choice([np.nan, np.inf, -np.inf], size=special.sum())
+  size = draw(st.integers(1, n + 2))
+  alpha = draw(st.sampled_from([0.0, 0.01, 0.3, 1.0, 5.0]))
+  remainder = draw(st.booleans())
+  w = jnp.asarray(w, _DTYPES[dtype])
+  return w, jnp.asarray(r, jnp.float32), size, alpha, remainder, seed
+
+
+@jax.jit
+def _stages(w, r, size, alpha, remainder, seed):
+  part = sgperm_jax.partition(jax.random.key(seed), w, r, size, remainder)
+  graph = sgperm_jax.permissibility_graph(part, alpha)
+  succ = sgperm_jax.find_cycles(part, graph)
+  return part, graph, succ, sgperm_jax.permute(part, succ)
+
+
+def _subsets(part, row):
+  """The partition's subsets of one row as position lists, in subset order."""
+  order = np.asarray(part.order[row])
+  bounds = sorted(set(zip(np.asarray(part.subset_lo[row]).tolist(),
+                          np.asarray(part.subset_hi[row]).tolist())))
+  return [order[lo:hi].tolist() for lo, hi in bounds]
+
+
+@settings(max_examples=40, deadline=None)
+@given(_rows())
+def test_stages_match_oracle_on_the_same_partition(case):
+  w, r, size, alpha, remainder, seed = case
+  part, _, _, out = _stages(w, r, size, alpha, remainder, seed)
+  w_np = np.asarray(w)
+  r_np = np.asarray(r)
+  n = w.shape[1]
+  p = min(size, n)
+  for row in range(w.shape[0]):
+    subsets = _subsets(part, row)
+    if not remainder:
+      subsets = [s for s in subsets if len(s) == p]
+    value_range = (np.max(w_np[row].astype(np.float32))
+                   - np.min(w_np[row].astype(np.float32)))
+    expected = reference.row_step(w_np[row], r_np[row], value_range, alpha,
+                                  subsets)
+    np.testing.assert_array_equal(np.asarray(out[row]), expected)
+
+
+@settings(max_examples=40, deadline=None)
+@given(_rows())
+def test_partition_is_a_sorted_cover(case):
+  w, r, size, alpha, remainder, seed = case
+  part = _stages(w, r, size, alpha, remainder, seed)[0]
+  n = w.shape[1]
+  p = min(size, n)
+  for row in range(w.shape[0]):
+    order = np.asarray(part.order[row])
+    assert sorted(order.tolist()) == list(range(n))
+    np.testing.assert_array_equal(np.asarray(part.values[row]),
+                                  np.asarray(w[row])[order])
+    lo = np.asarray(part.subset_lo[row])
+    hi = np.asarray(part.subset_hi[row])
+    assert np.all(lo == (np.arange(n) // p) * p)
+    assert np.all(hi == np.minimum(lo + p, n))
+    v = np.asarray(part.values[row]).astype(np.float32)
+    same = lo[1:] == lo[:-1]
+    assert np.all(v[1:][same] >= v[:-1][same])
+    active = np.asarray(part.active[row])
+    r_sorted = np.asarray(r[row])[order]
+    want = np.isfinite(r_sorted) & (r_sorted != 0)
+    if not remainder:
+      want &= (hi - lo) == p
+    np.testing.assert_array_equal(active, want)
+
+
+@settings(max_examples=40, deadline=None)
+@given(_rows())
+def test_invariants(case):
+  """SPEC §4: exact multiset; each moved slot took a permissible value."""
+  w, r, size, alpha, remainder, seed = case
+  part, graph, succ, out = _stages(w, r, size, alpha, remainder, seed)
+  w_np, out_np = np.asarray(w), np.asarray(out)
+  for row in range(w.shape[0]):
+    np.testing.assert_array_equal(np.sort(out_np[row]), np.sort(w_np[row]))
+    s = np.asarray(succ[row])
+    lo = np.asarray(graph.reach_lo[row])
+    hi = np.asarray(graph.reach_hi[row])
+    d = np.asarray(graph.direction[row])
+    moved = s != np.arange(len(s))
+    # a permutation made of cycles
+    assert sorted(s.tolist()) == list(range(len(s)))
+    # every moved vertex follows one of its own out-edges, in its subset
+    assert np.all(d[moved] != 0)
+    assert np.all((s[moved] >= lo[moved]) & (s[moved] < hi[moved]))
+    v = np.asarray(part.values[row]).astype(np.float32)
+    up = moved & (d > 0)
+    down = moved & (d < 0)
+    assert np.all(v[s[up]] >= v[up])
+    assert np.all(v[s[down]] < v[down])
+
+
+def test_stages_compose_to_the_transformation():
+  key = jax.random.key(3)
+  kw, kr = jax.random.split(key)
+  params = {"dense": {"kernel": jax.random.normal(kw, (20, 6)),
+                      "bias": jnp.linspace(-1., 1., 6)},
+            "conv": {"kernel": jax.random.normal(kr, (3, 3, 2, 4))}}
+  grads = jax.tree.map(lambda p: jnp.cos(3 * p) - 0.1, params)
+  hp = dict(alpha0=0.4, lamda0=0.3, beta1=0.9, beta2=1.0, alpha_min=0.0,
+            lamda_max=1.0, momentum_lr=1.0, momentum=0.5,
+            partition_size_min=4, seed=11)
+  tx = sgperm_jax.sgperm(**hp)
+  state = tx.init(params)
+  updates, state = tx.update(grads, state, params)
+  got = sgperm_jax.exact_params(optax.apply_updates(params, updates), state)
+
+  # The same step from the public stages, one leaf at a time.
+  _, step_key = jax.random.split(jax.random.PRNGKey(hp["seed"]))
+  alpha = sgperm_jax.aggressiveness(0.4, 0.9, 0.0)(0)
+  lamda = sgperm_jax.partition_ratio(0.3, 1.0, 1.0)(0)
+  leaves, treedef = jax.tree.flatten(params)
+  out = []
+  for i, (w, g) in enumerate(zip(leaves, treedef.flatten_up_to(grads))):
+    r, _ = sgperm_jax.recommend(g, jnp.zeros_like(g), 1.0, 0.5)
+    rows_w = w.reshape(1, -1) if w.ndim == 1 else w.reshape(-1, w.shape[-1]).T
+    rows_r = r.reshape(1, -1) if r.ndim == 1 else r.reshape(-1, r.shape[-1]).T
+    size = sgperm_jax.partition_size(lamda, rows_w.shape[1], 4)
+    part = sgperm_jax.partition(jax.random.fold_in(step_key, i), rows_w,
+                                rows_r, size)
+    graph = sgperm_jax.permissibility_graph(part, alpha)
+    rows = sgperm_jax.permute(part, sgperm_jax.find_cycles(part, graph))
+    out.append(rows.reshape(w.shape) if w.ndim == 1
+               else rows.T.reshape(w.shape))
+  want = jax.tree.unflatten(treedef, out)
+  jax.tree.map(np.testing.assert_array_equal, got, want)
+  assert any(bool(jnp.any(a != b)) for a, b in
+             zip(jax.tree.leaves(want), leaves))
+
+
+@pytest.mark.parametrize("n", [2, 7, 64])
+def test_find_cycles_batches_of_different_lengths(n):
+  """Several batches searched in one loop equal each searched alone."""
+  rng = np.random.default_rng(n)
+  batches = []
+  for rows, length in [(3, n), (2, n + 5), (1, 2 * n)]:
+    w = jnp.asarray(rng.normal(size=(rows, length)), jnp.float32)
+    r = jnp.asarray(rng.normal(size=(rows, length)), jnp.float32)
+    part = sgperm_jax.partition(jax.random.key(n), w, r, length)
+    batches.append((part, sgperm_jax.permissibility_graph(part, 0.5)))
+  together = sgperm_jax.find_cycles([b[0] for b in batches],
+                                    [b[1] for b in batches])
+  for (part, graph), succ in zip(batches, together):
+    np.testing.assert_array_equal(succ, sgperm_jax.find_cycles(part, graph))
