@@ -54,21 +54,16 @@ def source_order(partition: Partition, graph: PermissibilityGraph
                    num_keys=3)[2]
 
 
-class _Flat(NamedTuple):
-  """Read-only inputs of the search, all rows concatenated (flat positions)."""
-  direction: jax.Array
-  reach_lo: jax.Array
-  reach_hi: jax.Array
-  subset_hi: jax.Array  # end of the subset that starts at each position
-  sources: jax.Array
-  num_sources: jax.Array  # per position: active vertices in its subset
-  num_up: jax.Array
-  num_down: jax.Array
-  row_end: jax.Array  # per lane
+# Read-only table of the search, one field after another (flat positions).
+_DIR, _REACH_LO, _REACH_HI, _SUBSET_HI, _SOURCE, _NUM_SOURCES, _NUM_UP, \
+    _NUM_DOWN = range(8)
+# Buffers the search writes, packed the same way so that one gather and one
+# scatter per step serve them all (XLA:CPU pays per operation, not per lane).
+_NEXT, _PREV, _STACK, _CURSOR, _SEEN, _SUCCESSOR = range(6)
 
 
 class _Search(NamedTuple):
-  """Loop state: per-lane registers and per-position buffers."""
+  """Loop state: per-lane registers and the packed per-position buffers."""
   mode: jax.Array
   sub_lo: jax.Array
   sub_hi: jax.Array
@@ -82,12 +77,7 @@ class _Search(NamedTuple):
   depth: jax.Array
   stamp: jax.Array
   follow: jax.Array
-  next: jax.Array
-  prev: jax.Array
-  stack: jax.Array
-  cursor: jax.Array
-  seen: jax.Array
-  successor: jax.Array
+  buffers: jax.Array  # (6 * size,) int32: _NEXT, _PREV, ... one after another
 
 
 def _links(active: jax.Array, row_base: jax.Array, n: int
@@ -106,84 +96,138 @@ def _links(active: jax.Array, row_base: jax.Array, n: int
 
 def _flatten(partitions: Sequence[Partition],
              graphs: Sequence[PermissibilityGraph]):
-  """Concatenates every batch of rows into one flat index space."""
-  pieces, links, row_bases = [], [], []
+  """Concatenates every batch of rows into one flat index space.
+
+  Returns the read-only table, the initial buffers, each lane's first
+  position and one past its last, and the total size.
+  """
+  fields = [[] for _ in range(8)]
+  nexts, prevs, row_starts, row_ends = [], [], [], []
   base = 0
   for part, graph in zip(partitions, graphs):
     rows, n = part.values.shape
     row_base = base + jnp.arange(rows, dtype=jnp.int32) * n
     rb = row_base[:, None]
     active = graph.direction != 0
-    pieces.append(dict(
-        direction=graph.direction,
-        reach_lo=graph.reach_lo + rb,
-        reach_hi=graph.reach_hi + rb,
-        subset_hi=part.subset_hi + rb,
-        sources=source_order(part, graph) + rb,
-        num_sources=subset_counts(part, active),
-        num_up=subset_counts(part, graph.direction == UP),
-        num_down=subset_counts(part, graph.direction == DOWN),
-        row_end=row_base + n))
-    links.append(_links(active, row_base, n))
-    row_bases.append(row_base)
+    for field, value in (
+        (_DIR, graph.direction.astype(jnp.int32)),
+        (_REACH_LO, graph.reach_lo + rb),
+        (_REACH_HI, graph.reach_hi + rb),
+        (_SUBSET_HI, part.subset_hi + rb),
+        (_SOURCE, source_order(part, graph) + rb),
+        (_NUM_SOURCES, subset_counts(part, active)),
+        (_NUM_UP, subset_counts(part, graph.direction == UP)),
+        (_NUM_DOWN, subset_counts(part, graph.direction == DOWN))):
+      fields[field].append(value.ravel())
+    nxt, prv = _links(active, row_base, n)
+    nexts.append(nxt.ravel())
+    prevs.append(prv.ravel())
+    row_starts.append(row_base)
+    row_ends.append(row_base + n)
     base += rows * n
-  cat = lambda name: jnp.concatenate([p[name].ravel() for p in pieces])
-  flat = _Flat(**{name: cat(name) for name in _Flat._fields})
-  nxt = jnp.concatenate([l[0].ravel() for l in links])
-  prv = jnp.concatenate([l[1].ravel() for l in links])
-  return flat, nxt, prv, jnp.concatenate(row_bases), base
+  table = jnp.concatenate([jnp.concatenate(f) for f in fields])
+  size = base
+  buffers = jnp.concatenate([
+      jnp.concatenate(nexts), jnp.concatenate(prevs),
+      jnp.zeros(3 * size, jnp.int32).at[2 * size:].set(-1),  # stack, cursor, seen
+      jnp.arange(size, dtype=jnp.int32)])
+  return (table, buffers, jnp.concatenate(row_starts),
+          jnp.concatenate(row_ends), size)
 
 
-def _gather4(buf, i, j, k, l):
-  """``buf[i], buf[j], buf[k], buf[l]`` (clipped) in a single gather."""
-  lanes = i.shape[0]
-  out = buf.at[jnp.concatenate([i, j, k, l])].get(mode="clip")
-  return tuple(out[q * lanes:(q + 1) * lanes] for q in range(4))
+_CANDIDATES = 4  # sources looked at per step (most are already done)
 
 
-def _search_step(flat: _Flat, st: _Search) -> _Search:
-  """One step of every lane's search."""
-  size = flat.direction.shape[0]
-  get = lambda arr, i: arr.at[i].get(mode="clip")
-  nowhere = size  # scatter target that is dropped
+def _first(flags, *options):
+  """Per lane, the option at the first set flag (the last one if none)."""
+  out = [o[-1] for o in options]
+  for k in range(len(flags) - 2, -1, -1):
+    out = [jnp.where(flags[k], o[k], x) for o, x in zip(options, out)]
+  return out
+
+
+def _search_step(table: jax.Array, row_end: jax.Array, size: int,
+                 st: _Search) -> _Search:
+  """One step of every lane's search.
+
+  A lane picking a source whose first edge leads to a vertex whose first edge
+  leads back closes that 2-cycle at once (the common case); anything else goes
+  through the general depth-first search, one edge per step.
+  """
+  lanes = st.mode.shape[0]
+
+  def gather(buf, *field_index):
+    idx = jnp.concatenate([f * size + jnp.clip(i, 0, size - 1)
+                           for f, i in field_index])
+    out = buf[idx]
+    return [out[q * lanes:(q + 1) * lanes] for q in range(len(field_index))]
 
   mode = st.mode
-  s, a, b = st.source, st.a, st.b
+  a, b = st.a, st.b
   top_at = st.sub_lo + st.depth - 1
-  candidate = get(flat.sources, st.src_ptr)
-  u = get(st.stack, top_at)
-  cur = get(st.cursor, top_at)
-  # One gather per buffer that is also written this step, so that XLA can
-  # update it in place (every read then precedes the write by data flow).
-  next_candidate, next_b, next_cur, next_u = _gather4(
-      st.next, candidate, b, cur, u)
-  prev_candidate, prev_a, prev_cur, prev_u = _gather4(
-      st.prev, candidate, a, cur, u)
+  new_lo = st.sub_hi
+  ptrs = [st.src_ptr + k for k in range(_CANDIDATES)]
+  # Level 1: what the registers point at.
+  u, cur, next_b, prev_a = gather(
+      st.buffers, (_STACK, top_at), (_CURSOR, top_at), (_NEXT, b), (_PREV, a))
+  new_hi, new_sources, new_up, new_down, *cands = gather(
+      table, (_SUBSET_HI, new_lo), (_NUM_SOURCES, new_lo), (_NUM_UP, new_lo),
+      (_NUM_DOWN, new_lo), *((_SOURCE, p) for p in ptrs))
+  # Level 2: the neighbours and edges of those vertices.
+  next_cur, prev_cur, next_u, prev_u, seen_cur, *cand_links = gather(
+      st.buffers, (_NEXT, cur), (_PREV, cur), (_NEXT, u), (_PREV, u),
+      (_SEEN, cur), *((_NEXT, c) for c in cands), *((_PREV, c) for c in cands))
+  u_dir, lo_u, hi_u, cur_dir, *cand_edges = gather(
+      table, (_DIR, u), (_REACH_LO, u), (_REACH_HI, u), (_DIR, cur),
+      *((_DIR, c) for c in cands), *((_REACH_LO, c) for c in cands),
+      *((_REACH_HI, c) for c in cands))
+  k = _CANDIDATES
+  cand_next, cand_prev = cand_links[:k], cand_links[k:]
+  cand_dir, cand_lo, cand_hi = cand_edges[:k], cand_edges[k:2 * k], \
+      cand_edges[2 * k:]
 
-  # --- _PICK: start a search from the next source, or go to the next subset.
+  # --- _PICK: the first source not yet done, or on to the next subset.
   exhausted = ((st.src_ptr >= st.src_end) | (st.up_left == 0)
                | (st.down_left == 0))
   advance = (mode == _PICK) & exhausted
-  new_lo = st.sub_hi
-  row_finished = new_lo >= flat.row_end
-  try_source = (mode == _PICK) & ~exhausted
-  start = try_source & (next_candidate != _DONE_MARK)
+  row_finished = new_lo >= row_end
+  picking = (mode == _PICK) & ~exhausted
+  free = [(p < st.src_end) & (n != _DONE_MARK)
+          for p, n in zip(ptrs, cand_next)]
+  offset = [jnp.full_like(st.src_ptr, q + 1) for q in range(k)]
+  s, s_dir, s_lo, s_hi, s_next, s_prev, taken = _first(
+      free, cands, cand_dir, cand_lo, cand_hi, cand_next, cand_prev, offset)
+  found = free[0]
+  for f in free[1:]:
+    found = found | f
+  start = picking & found
+  src_ptr = jnp.where(picking, st.src_ptr + jnp.where(found, taken, k),
+                      st.src_ptr)
+  s_up = s_dir == UP
+  first = jnp.where(s_up, s_next, s_prev)  # the closest candidate target
+  # Level 3: that target's neighbours and edges.
+  next_first, prev_first = gather(st.buffers, (_NEXT, first), (_PREV, first))
+  first_dir, first_lo, first_hi = gather(
+      table, (_DIR, first), (_REACH_LO, first), (_REACH_HI, first))
+  back = jnp.where(first_dir == UP, next_first, prev_first)
+  two_cycle = (start & (first >= s_lo) & (first < s_hi) & (back == s)
+               & (s >= first_lo) & (s < first_hi))
+  slow_start = start & ~two_cycle
 
-  # --- _SEARCH / _UNWIND: look at the top of the stack.
-  u_dir = get(flat.direction, u)
+  # --- _SEARCH: one edge of the vertex on top of the stack.
+  src = st.source
   u_up = u_dir == UP
-  lo_u, hi_u = get(flat.reach_lo, u), get(flat.reach_hi, u)
   searching = mode == _SEARCH
   past = jnp.where(u_up, cur >= hi_u, cur < lo_u)
   in_interval = (cur >= a) & (cur <= b)
-  source_ahead = jnp.where(u_up, (s >= cur) & (s <= b), (s >= a) & (s <= cur))
-  source_target = (s >= lo_u) & (s < hi_u)
+  source_ahead = jnp.where(u_up, (src >= cur) & (src <= b),
+                           (src >= a) & (src <= cur))
+  source_target = (src >= lo_u) & (src < hi_u)
   closes = searching & ~past & in_interval & source_ahead & source_target
   jump = searching & ~past & in_interval & ~closes
   outside = searching & ~past & ~in_interval
   not_target = ~u_up & (cur >= hi_u)  # a tie of u's value below u
-  cur_seen = get(st.seen, cur) == st.stamp
-  step_over = outside & (not_target | cur_seen)
+  step_over = outside & (not_target | (seen_cur == st.stamp))
   push = outside & ~step_over
   pop = searching & past
   source_fails = pop & (st.depth == 1)
@@ -192,68 +236,71 @@ def _search_step(flat: _Flat, st: _Search) -> _Search:
   # Where the cursor of the top vertex goes next (jump or step over).
   moved = jnp.where(jump, jnp.where(u_up, next_b, prev_a),
                     jnp.where(u_up, next_cur, prev_cur))
-
-  # --- the vertex being pushed (a candidate source or the cursor).
-  pushed = jnp.where(start, candidate, cur)
-  pushed_up = get(flat.direction, pushed) == UP
-  pushed_cursor = jnp.where(
-      pushed_up, jnp.where(start, next_candidate, next_cur),
-      jnp.where(start, prev_candidate, prev_cur))
-  any_push = start | push
-  push_at = jnp.where(start, st.sub_lo, top_at + 1)
-  stamp = st.stamp + start.astype(st.stamp.dtype)
-
-  # --- a vertex leaving the linked list (done): a failed source or a cycle's.
-  leaving = source_fails | unwinding
-  v, v_prev, v_next, v_dir = u, prev_u, next_u, u_dir
-
-  nxt = st.next.at[jnp.where(leaving & (v_prev >= 0), v_prev, nowhere)].set(
-      v_next, mode="drop")
-  nxt = nxt.at[jnp.where(leaving, v, nowhere)].set(_DONE_MARK, mode="drop")
-  prv = st.prev.at[jnp.where(leaving & (v_next < flat.row_end), v_next,
-                             nowhere)].set(v_prev, mode="drop")
-  stack = st.stack.at[jnp.where(any_push, push_at, nowhere)].set(
-      pushed, mode="drop")
+  # The vertex pushed: a new source or the cursor's vertex, and its cursor.
+  pushed = jnp.where(slow_start, s, cur)
+  pushed_cursor = jnp.where(slow_start, first,
+                            jnp.where(cur_dir == UP, next_cur, prev_cur))
+  any_push = slow_start | push
+  push_at = jnp.where(slow_start, st.sub_lo, top_at + 1)
+  stamp = st.stamp + slow_start.astype(st.stamp.dtype)
   cursor_at = jnp.where(any_push, push_at,
-                        jnp.where(jump | step_over, top_at, nowhere))
-  cursor = st.cursor.at[cursor_at].set(
-      jnp.where(any_push, pushed_cursor, moved), mode="drop")
-  seen = st.seen.at[jnp.where(any_push, pushed, nowhere)].set(
-      stamp, mode="drop")
-  successor = st.successor.at[jnp.where(unwinding, v, nowhere)].set(
-      st.follow, mode="drop")
+                        jnp.where(jump | step_over, top_at, -1))
+  # Vertices leaving the linked list (done): a failed source, a vertex of a
+  # cycle being unwound, or both ends of a 2-cycle (neighbours in the list).
+  leaving = source_fails | unwinding
+  gone = jnp.where(two_cycle, s, u)
+  gone_prev = jnp.where(two_cycle, jnp.where(s_up, s_prev, prev_first),
+                        prev_u)
+  gone_next = jnp.where(two_cycle, jnp.where(s_up, next_first, s_next),
+                        next_u)
+  unlink = leaving | two_cycle
+
+  nowhere = 6 * size  # dropped by the scatter
+  at = lambda field, i, when: jnp.where(when, field * size + i, nowhere)
+  done_mark = jnp.full_like(u, _DONE_MARK)
+  index = jnp.concatenate([
+      at(_NEXT, gone_prev, unlink & (gone_prev >= 0)),
+      at(_PREV, gone_next, unlink & (gone_next < row_end)),
+      at(_NEXT, gone, unlink),
+      at(_NEXT, first, two_cycle),
+      at(_SUCCESSOR, gone, unwinding | two_cycle),
+      at(_SUCCESSOR, first, two_cycle),
+      at(_STACK, push_at, any_push),
+      at(_CURSOR, cursor_at, cursor_at >= 0),
+      at(_SEEN, pushed, any_push)])
+  value = jnp.concatenate([
+      gone_next, gone_prev, done_mark, done_mark,
+      jnp.where(two_cycle, first, st.follow), s, pushed,
+      jnp.where(any_push, pushed_cursor, moved), stamp])
+  buffers = st.buffers.at[index].set(value, mode="drop")
 
   depth = st.depth + any_push.astype(jnp.int32) - (pop | unwinding).astype(
       jnp.int32)
   new_mode = jnp.where(
       advance & row_finished, _FINISHED,
-      jnp.where(start, _SEARCH,
+      jnp.where(slow_start, _SEARCH,
                 jnp.where(closes, _UNWIND,
                           jnp.where(source_fails | (unwinding & (depth == 0)),
                                     _PICK, mode))))
-  up_left = jnp.where(leaving & (v_dir == UP), st.up_left - 1, st.up_left)
-  down_left = jnp.where(leaving & (v_dir == DOWN), st.down_left - 1,
-                        st.down_left)
+  gone_dir = jnp.where(two_cycle, 0, u_dir)
+  up_left = st.up_left - ((leaving & (gone_dir == UP)) | two_cycle)
+  down_left = st.down_left - ((leaving & (gone_dir == DOWN)) | two_cycle)
   load = advance & ~row_finished
-  new_lo_c = jnp.clip(new_lo, 0, size - 1)
   return _Search(
       mode=new_mode,
       sub_lo=jnp.where(load, new_lo, st.sub_lo),
-      sub_hi=jnp.where(load, flat.subset_hi[new_lo_c], st.sub_hi),
-      src_ptr=jnp.where(load, new_lo, st.src_ptr + try_source),
-      src_end=jnp.where(load, new_lo + flat.num_sources[new_lo_c], st.src_end),
-      up_left=jnp.where(load, flat.num_up[new_lo_c], up_left),
-      down_left=jnp.where(load, flat.num_down[new_lo_c], down_left),
-      source=jnp.where(start, candidate, s),
-      a=jnp.where(start, candidate,
-                  jnp.where(push & (cur == prev_a), cur, a)),
-      b=jnp.where(start, candidate,
-                  jnp.where(push & (cur == next_b), cur, b)),
+      sub_hi=jnp.where(load, new_hi, st.sub_hi),
+      src_ptr=jnp.where(load, new_lo, src_ptr),
+      src_end=jnp.where(load, new_lo + new_sources, st.src_end),
+      up_left=jnp.where(load, new_up, up_left),
+      down_left=jnp.where(load, new_down, down_left),
+      source=jnp.where(slow_start, s, src),
+      a=jnp.where(slow_start, s, jnp.where(push & (cur == prev_a), cur, a)),
+      b=jnp.where(slow_start, s, jnp.where(push & (cur == next_b), cur, b)),
       depth=depth,
       stamp=stamp,
-      follow=jnp.where(closes, s, jnp.where(unwinding, v, st.follow)),
-      next=nxt, prev=prv, stack=stack, cursor=cursor, seen=seen,
-      successor=successor)
+      follow=jnp.where(closes, src, jnp.where(unwinding, u, st.follow)),
+      buffers=buffers)
 
 
 def find_cycles(partitions: Partition | Sequence[Partition],
@@ -284,22 +331,20 @@ def find_cycles(partitions: Partition | Sequence[Partition],
     partitions, graphs = [partitions], [graphs]
   if not partitions:
     return partitions
-  flat, nxt, prv, row_base, size = _flatten(partitions, graphs)
-  lanes = row_base.shape[0]
-  zeros = jnp.zeros(lanes, jnp.int32)
+  table, buffers, row_start, row_end, size = _flatten(partitions, graphs)
+  zeros = jnp.zeros_like(row_start)
   init = _Search(
-      mode=zeros + _PICK, sub_lo=row_base, sub_hi=row_base, src_ptr=zeros,
+      mode=zeros + _PICK, sub_lo=row_start, sub_hi=row_start, src_ptr=zeros,
       src_end=zeros, up_left=zeros, down_left=zeros, source=zeros, a=zeros,
-      b=zeros, depth=zeros, stamp=zeros, follow=zeros, next=nxt, prev=prv,
-      stack=jnp.zeros(size, jnp.int32), cursor=jnp.zeros(size, jnp.int32),
-      seen=jnp.full(size, -1, jnp.int32),
-      successor=jnp.arange(size, dtype=jnp.int32))
+      b=zeros, depth=zeros, stamp=zeros, follow=zeros, buffers=buffers)
   final = lax.while_loop(lambda st: jnp.any(st.mode != _FINISHED),
-                         lambda st: _search_step(flat, st), init)
+                         lambda st: _search_step(table, row_end, size, st),
+                         init)
+  successor = final.buffers[_SUCCESSOR * size:]
   out, base = [], 0
   for part in partitions:
     rows, n = part.values.shape
-    succ = final.successor[base:base + rows * n].reshape(rows, n)
+    succ = successor[base:base + rows * n].reshape(rows, n)
     out.append(succ - (base + jnp.arange(rows, dtype=jnp.int32) * n)[:, None])
     base += rows * n
   return out[0] if single else out

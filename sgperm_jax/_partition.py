@@ -43,16 +43,21 @@ def partition_size(lamda: chex.Numeric, n: int,
   return jnp.clip(p, 1, n)
 
 
-def _shuffle(key: jax.Array, rows: int, n: int) -> jax.Array:
-  """A uniformly random permutation of ``range(n)`` for each row."""
-  bits = jax.random.bits(key, (rows, n), jnp.uint32)
-  iota = lax.broadcasted_iota(jnp.int32, (rows, n), 1)
+def _shuffle(key: jax.Array, row_ids: jax.Array, n: int) -> jax.Array:
+  """A uniformly random permutation of ``range(n)`` for each row.
+
+  Row ``j`` draws from ``fold_in(key, row_ids[j])``, so a row's partition does
+  not depend on which other rows are computed with it (or on which device).
+  """
+  bits = jax.vmap(lambda i: jax.random.bits(jax.random.fold_in(key, i), (n,),
+                                            jnp.uint32))(row_ids)
+  iota = lax.broadcasted_iota(jnp.int32, bits.shape, 1)
   return lax.sort((bits, iota), dimension=1, num_keys=1, is_stable=True)[1]
 
 
 def partition(key: jax.Array, values: jax.Array, recommendations: jax.Array,
-              size: chex.Numeric, include_remainder: chex.Numeric = True
-              ) -> Partition:
+              size: chex.Numeric, include_remainder: chex.Numeric = True,
+              row_ids: jax.Array | None = None) -> Partition:
   """Randomly partitions rows and sorts each subset by value (SPEC §3.1-4).
 
   Args:
@@ -62,6 +67,8 @@ def partition(key: jax.Array, values: jax.Array, recommendations: jax.Array,
       Zero or non-finite entries are inactive.
     size: partition size ``P`` (see :func:`partition_size`); may be traced.
     include_remainder: whether a shorter last chunk takes part.
+    row_ids: ``(rows,)`` ids that seed each row's shuffle (default
+      ``0..rows-1``); a row with the same key and id is always cut the same.
 
   Returns:
     A :class:`Partition` in sorted layout.
@@ -76,7 +83,9 @@ def partition(key: jax.Array, values: jax.Array, recommendations: jax.Array,
   rows, n = values.shape
   size = jnp.clip(jnp.asarray(size, jnp.int32), 1, n)
   iota = lax.broadcasted_iota(jnp.int32, (rows, n), 1)
-  perm = lax.cond(size >= n, lambda: iota, lambda: _shuffle(key, rows, n))
+  if row_ids is None:
+    row_ids = jnp.arange(rows, dtype=jnp.int32)
+  perm = lax.cond(size >= n, lambda: iota, lambda: _shuffle(key, row_ids, n))
   chunk = iota // size
   subset, v, order, r = lax.sort(
       (chunk, jnp.take_along_axis(values, perm, axis=1), perm,

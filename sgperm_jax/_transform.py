@@ -13,6 +13,8 @@ import chex
 import jax
 import jax.numpy as jnp
 import optax
+from jax import lax
+from jax.sharding import PartitionSpec as P
 
 from sgperm_jax import _checks
 from sgperm_jax import _layout
@@ -24,18 +26,61 @@ from sgperm_jax._recommendation import momentum_recommendation
 from sgperm_jax._schedules import aggressiveness, partition_ratio
 
 
+def _permute_rows(key, leaf_ids, rows_w, rows_r, row_offset, alpha, lamda,
+                  partition_size_min, include_remainder):
+  """The four stages on lists of ``(rows, n)`` batches, one search loop."""
+  parts, graphs = [], []
+  for i, w, r in zip(leaf_ids, rows_w, rows_r):
+    size = partition_size(lamda, w.shape[1], partition_size_min)
+    row_ids = row_offset + jnp.arange(w.shape[0], dtype=jnp.int32)
+    part = partition(jax.random.fold_in(key, i), w, r, size,
+                     include_remainder, row_ids=row_ids)
+    parts.append(part)
+    graphs.append(permissibility_graph(part, alpha))
+  return [permute(p, s) for p, s in zip(parts, find_cycles(parts, graphs))]
+
+
+def _permute_rows_sharded(mesh, key, leaf_ids, rows_w, rows_r, alpha, lamda,
+                          partition_size_min, include_remainder):
+  """Like :func:`_permute_rows`, each device on its own rows, no collectives.
+
+  Batches whose row count divides the device count are split by rows over
+  every axis of ``mesh``; the others are computed whole on every device.
+  Rows are independent and draw their randomness from their global index, so
+  the result equals the single-device one bit for bit.
+  """
+  axes = tuple(mesh.axis_names)
+  split = [w.shape[0] % mesh.size == 0 for w in rows_w]
+  row_spec = [P(axes, None) if sp else P() for sp in split]
+  scalars = [jnp.asarray(x) for x in (alpha, lamda, partition_size_min,
+                                      include_remainder)]
+
+  def local(key, rows_w, rows_r, scalars):
+    device = lax.axis_index(axes)
+    out = []
+    for sp, w, r, i in zip(split, rows_w, rows_r, leaf_ids):
+      offset = device * w.shape[0] if sp else 0
+      out.extend(_permute_rows(key, [i], [w], [r], offset, *scalars))
+    return out
+
+  return jax.shard_map(
+      local, mesh=mesh, in_specs=(P(), row_spec, row_spec, [P()] * 4),
+      out_specs=row_spec, check_vma=False)(key, rows_w, rows_r, scalars)
+
+
 def permutation_step(key: jax.Array, weights: Any, recommendations: Any, *,
                      alpha: chex.Numeric, lamda: chex.Numeric,
                      layout: _layout.LayoutSpec = "neurons",
                      partition_size_min: chex.Numeric = 10,
-                     include_partition_remainder: chex.Numeric = True) -> Any:
+                     include_partition_remainder: chex.Numeric = True,
+                     mesh: jax.sharding.Mesh | None = None) -> Any:
   """One SGPerm permutation of every row of every leaf (SPEC §3).
 
   Composes :func:`partition`, :func:`permissibility_graph`,
   :func:`find_cycles` (one search loop for all leaves) and :func:`permute`.
 
   Args:
-    key: PRNG key for the random partitions (folded in per leaf).
+    key: PRNG key for the random partitions (folded in per leaf and row).
     weights: tree of the current, exact weights.
     recommendations: tree like ``weights``; ``r > 0`` asks for a smaller value.
     alpha: aggressiveness ``alpha_t``.
@@ -43,6 +88,8 @@ def permutation_step(key: jax.Array, weights: Any, recommendations: Any, *,
     layout: row layout per leaf (see :func:`sgperm`).
     partition_size_min: smallest partition size.
     include_partition_remainder: whether a shorter last chunk takes part.
+    mesh: optional device mesh; each device then permutes its own share of
+      the rows with no communication (see :func:`sgperm`).
 
   Returns:
     The permuted weights, a tree like ``weights``; every row holds exactly
@@ -65,27 +112,29 @@ def permutation_step(key: jax.Array, weights: Any, recommendations: Any, *,
     raise ValueError("recommendations must have the structure of the weights"
                      f" ({treedef})") from e
   spec_leaves = treedef.flatten_up_to(specs)
-  moving, parts, graphs = [], [], []
+  moving, rows_w, rows_r = [], [], []
   for i, (w, r, spec, path) in enumerate(zip(leaves, recs, spec_leaves, paths)):
-    shape = _layout.row_shape(jnp.shape(w), spec)
-    if shape is None:
+    if _layout.row_shape(jnp.shape(w), spec) is None:
       continue
     _layout.check_float_leaf(w, path)
     if jnp.shape(r) != jnp.shape(w):
       raise ValueError(f"recommendation for leaf {path} has shape"
                        f" {jnp.shape(r)}, the leaf has {jnp.shape(w)}")
-    size = partition_size(lamda, shape[1], partition_size_min)
-    part = partition(jax.random.fold_in(key, i), _layout.to_rows(w, spec),
-                     _layout.to_rows(r, spec), size,
-                     include_partition_remainder)
     moving.append(i)
-    parts.append(part)
-    graphs.append(permissibility_graph(part, alpha))
-  successors = find_cycles(parts, graphs)
+    rows_w.append(_layout.to_rows(w, spec))
+    rows_r.append(_layout.to_rows(r, spec))
+  if not moving:
+    return weights
+  if mesh is None:
+    new_rows = _permute_rows(key, moving, rows_w, rows_r, 0, alpha, lamda,
+                             partition_size_min, include_partition_remainder)
+  else:
+    new_rows = _permute_rows_sharded(
+        mesh, key, moving, rows_w, rows_r, alpha, lamda, partition_size_min,
+        include_partition_remainder)
   out = list(leaves)
-  for i, part, succ in zip(moving, parts, successors):
-    out[i] = _layout.from_rows(permute(part, succ), spec_leaves[i],
-                               jnp.shape(leaves[i]))
+  for i, rows in zip(moving, new_rows):
+    out[i] = _layout.from_rows(rows, spec_leaves[i], jnp.shape(leaves[i]))
   return jax.tree.unflatten(treedef, out)
 
 
@@ -131,6 +180,7 @@ def permute_by_recommendation(
     seed: int = 0,
     *,
     layout: _layout.LayoutSpec = "neurons",
+    mesh: jax.sharding.Mesh | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   """Permutes the weights within each row, following the incoming updates.
 
@@ -163,6 +213,12 @@ def permute_by_recommendation(
       not permute); one value, a tree of them, or a callable on the params
       returning such a tree. List it in ``static_args`` of
       ``optax.inject_hyperparams`` when it is a callable.
+    mesh: optional ``jax.sharding.Mesh``. With it, the rows of every leaf
+      whose row count divides the device count are split over all devices
+      of the mesh (matching parameters sharded along their last axis), and
+      each device permutes its own rows in its own search loop: the step
+      needs no communication, and gives the same result as without a mesh.
+      List it in ``static_args`` of ``optax.inject_hyperparams``.
 
   Returns:
     An optax ``GradientTransformationExtraArgs``.
@@ -209,7 +265,7 @@ def permute_by_recommendation(
         step_key, weights, updates, alpha=alpha_fn(state.count),
         lamda=lamda_fn(state.count), layout=layout,
         partition_size_min=partition_size_min,
-        include_partition_remainder=include_partition_remainder)
+        include_partition_remainder=include_partition_remainder, mesh=mesh)
     new_updates = jax.tree.map(lambda w, p: (w - p).astype(p.dtype),
                                new_weights, params)
     return new_updates, PermutationState(
@@ -234,6 +290,7 @@ def sgperm(
     *,
     layout: _layout.LayoutSpec = "neurons",
     mu_dtype: Any = None,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Stochastic Gradient Permutation (Qiu & Suda, "Permute to Train").
 
@@ -268,6 +325,8 @@ def sgperm(
     seed: seed of the random partitions.
     layout: per-leaf row layout, see :func:`permute_by_recommendation`.
     mu_dtype: dtype of the momentum buffer; by default the params'.
+    mesh: optional device mesh for sharded params, see
+      :func:`permute_by_recommendation`.
 
   Returns:
     An optax ``GradientTransformationExtraArgs``.
@@ -297,4 +356,4 @@ def sgperm(
       permute_by_recommendation(
           alpha0, lamda0, beta1, beta2, alpha_min, lamda_max,
           partition_size_min, include_partition_remainder, seed,
-          layout=layout))
+          layout=layout, mesh=mesh))
