@@ -1,0 +1,201 @@
+"""``sgperm-jax bench``: SGPerm step time beside Adam and the sort floor.
+
+Everything is measured in one process, side by side: the median of repeated
+jitted calls after a warm-up. The *sort floor* is one jitted ``jnp.argsort`` of
+every weight vector of the model, the least a permutation step must do.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from sgperm_jax import _layout
+from sgperm_jax._transform import sgperm
+
+
+def _dense(key, sizes):
+  params = {}
+  for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+    key, k = jax.random.split(key)
+    params[f"dense{i}"] = {
+        "kernel": jax.random.normal(k, (a, b)) * jnp.sqrt(2.0 / (a + b)),
+        "bias": jnp.zeros(b) + 0.01 * jnp.arange(b) / b}
+  return params
+
+
+def _conv4(key):
+  """Conv4-style net for 28x28 inputs: 4 conv layers, 2 dense (~1.1M)."""
+  params = {}
+  channels = [1, 64, 64, 128, 128]
+  for i, (a, b) in enumerate(zip(channels[:-1], channels[1:])):
+    key, k = jax.random.split(key)
+    params[f"conv{i}"] = {
+        "kernel": jax.random.normal(k, (3, 3, a, b)) * jnp.sqrt(2.0 / (9 * a)),
+        "bias": jnp.zeros(b) + 0.01 * jnp.arange(b) / b}
+  params.update(_dense(key, [7 * 7 * 128, 128, 10]))
+  return params
+
+
+MODELS: dict[str, tuple[str, Callable[[jax.Array], Any]]] = {
+    "mlp": ("MLP 784-300-100-10", lambda k: _dense(k, [784, 300, 100, 10])),
+    "conv": ("Conv4-style ConvNet", _conv4),
+    "wide": ("wide MLP 784-4000-1800-10",
+             lambda k: _dense(k, [784, 4000, 1800, 10])),
+}
+
+
+def _time(fn: Callable[[], Any], repeats: int) -> float:
+  """Median seconds of ``fn`` (which must block) after one warm-up call."""
+  fn()
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - start)
+  return statistics.median(times)
+
+
+def _nbytes(tree: Any) -> int:
+  return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree)
+             if hasattr(x, "dtype"))
+
+
+def _stepper(tx, params, grads):
+  """A jitted step whose state carries over from call to call."""
+  update = jax.jit(tx.update)
+  box = [tx.init(params)]
+
+  def step():
+    updates, box[0] = update(grads, box[0], params)
+    jax.block_until_ready(updates)
+  return step, box
+
+
+def _sort_floor(params, repeats):
+  fn = jax.jit(lambda p: [jnp.argsort(_layout.to_rows(x, "neurons"), axis=-1)
+                          for x in jax.tree.leaves(p) if x.ndim >= 1])
+  return _time(lambda: jax.block_until_ready(fn(params)), repeats)
+
+
+def bench_model(name: str, ratios: list[float], repeats: int,
+                seed: int = 0) -> list[dict[str, Any]]:
+  """Times SGPerm (per partition ratio), Adam and the sort floor."""
+  label, make = MODELS[name]
+  params = make(jax.random.key(seed))
+  grads = jax.tree.map(lambda p: jax.random.normal(jax.random.key(seed + 1),
+                                                   p.shape), params)
+  adam_step, _ = _stepper(optax.adam(1e-3), params, grads)
+  adam = _time(adam_step, repeats)
+  floor = _sort_floor(params, repeats)
+  rows = []
+  for ratio in ratios:
+    # beta2 = 1 keeps the ratio fixed while timing.
+    step, box = _stepper(sgperm(lamda0=ratio, beta2=1.0), params, grads)
+    seconds = _time(step, repeats)
+    rows.append(dict(
+        model=label, params=sum(x.size for x in jax.tree.leaves(params)),
+        partition_ratio=ratio, sgperm_s=seconds, adam_s=adam,
+        sort_floor_s=floor, sgperm_over_floor=seconds / floor,
+        sgperm_over_adam=seconds / adam,
+        state_over_params=_nbytes(box[0]) / _nbytes(params),
+        platform=jax.default_backend()))
+  return rows
+
+
+def bench_scaling(total: int, lengths: list[int], ratio: float,
+                  repeats: int) -> list[dict[str, Any]]:
+  """SGPerm step and sort floor for rows of growing length, fixed total."""
+  out = []
+  for n in lengths:
+    rows = max(1, total // n)
+    params = {"w": jax.random.normal(jax.random.key(n), (n, rows))}
+    grads = {"w": jax.random.normal(jax.random.key(n + 1), (n, rows))}
+    step, _ = _stepper(sgperm(lamda0=ratio, beta2=1.0), params, grads)
+    seconds = _time(step, repeats)
+    floor = _sort_floor(params, repeats)
+    out.append(dict(row_length=n, rows=rows, partition_ratio=ratio,
+                    sgperm_s=seconds, sort_floor_s=floor,
+                    sgperm_over_floor=seconds / floor))
+  return out
+
+
+def _ms(x: float) -> str:
+  return f"{x * 1e3:.1f}"
+
+
+def format_tables(results: list[dict[str, Any]],
+                  scaling: list[dict[str, Any]]) -> str:
+  """Markdown tables of :func:`bench_model` and :func:`bench_scaling` rows."""
+  lines = [f"platform: {jax.default_backend()} ({jax.devices()[0].device_kind})",
+           "",
+           "| model | params | ratio | SGPerm ms | Adam ms | sort floor ms |"
+           " SGPerm/floor | SGPerm/Adam | state/params |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+  for r in results:
+    lines.append(
+        f"| {r['model']} | {r['params']:,} | {r['partition_ratio']:g} |"
+        f" {_ms(r['sgperm_s'])} | {_ms(r['adam_s'])} |"
+        f" {_ms(r['sort_floor_s'])} | {r['sgperm_over_floor']:.1f}x |"
+        f" {r['sgperm_over_adam']:.0f}x | {r['state_over_params']:.2f} |")
+  if scaling:
+    lines += ["", "| row length | rows | ratio | SGPerm ms | sort floor ms |"
+              " SGPerm/floor |", "|---:|---:|---:|---:|---:|---:|"]
+    for r in scaling:
+      lines.append(
+          f"| {r['row_length']:,} | {r['rows']:,} | {r['partition_ratio']:g} |"
+          f" {_ms(r['sgperm_s'])} | {_ms(r['sort_floor_s'])} |"
+          f" {r['sgperm_over_floor']:.1f}x |")
+  return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(
+      prog="sgperm-jax bench",
+      description="Time an SGPerm step beside Adam and the sort floor.")
+  parser.add_argument("--models", default="mlp,conv,wide",
+                      help="comma-separated: " + ", ".join(MODELS))
+  parser.add_argument("--ratios", default="0.01,0.1,1.0",
+                      help="partition ratios (comma-separated)")
+  parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--scaling-total", type=int, default=1_000_000,
+                      help="parameters in the scaling table (0: skip it)")
+  parser.add_argument("--scaling-lengths", default="100,1000,10000,100000")
+  parser.add_argument("--json", metavar="FILE", help="write the numbers here")
+  args = parser.parse_args(argv)
+  try:
+    models = [m for m in args.models.split(",") if m]
+    ratios = [float(x) for x in args.ratios.split(",") if x]
+    lengths = [int(x) for x in args.scaling_lengths.split(",") if x]
+  except ValueError as e:
+    parser.error(str(e))
+  bad = [m for m in models if m not in MODELS]
+  if bad or any(not 0 <= r <= 1 for r in ratios) or args.repeats < 1:
+    parser.error(f"unknown model(s) {bad}" if bad else
+                 "ratios must lie in [0, 1] and --repeats must be >= 1")
+  results = []
+  for name in models:
+    results += bench_model(name, ratios, args.repeats)
+    print(f"... {name} done", file=sys.stderr, flush=True)
+  scaling = (bench_scaling(args.scaling_total, lengths, 0.1, args.repeats)
+             if args.scaling_total > 0 else [])
+  print(format_tables(results, scaling))
+  if args.json:
+    with open(args.json, "w", encoding="utf-8") as f:
+      json.dump({"platform": jax.default_backend(), "models": results,
+                 "scaling": scaling}, f, indent=2)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
