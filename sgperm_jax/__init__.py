@@ -11,6 +11,8 @@ from sgperm_jax._cycles import source_order
 from sgperm_jax._exact import exact_params
 from sgperm_jax._graph import PermissibilityGraph
 from sgperm_jax._graph import permissibility_graph
+from sgperm_jax._laperm import LaPermState
+from sgperm_jax._laperm import laperm
 from sgperm_jax._partition import Partition
 from sgperm_jax._partition import partition
 from sgperm_jax._partition import partition_size
@@ -20,6 +22,8 @@ from sgperm_jax._recommendation import momentum_recommendation
 from sgperm_jax._recommendation import recommend
 from sgperm_jax._schedules import aggressiveness
 from sgperm_jax._schedules import partition_ratio
+from sgperm_jax._switch import SwitchState
+from sgperm_jax._switch import switch_after
 from sgperm_jax._transform import PermutationState
 from sgperm_jax._transform import permutation_step
 from sgperm_jax._transform import permute_by_recommendation
@@ -28,13 +32,16 @@ from sgperm_jax._transform import sgperm
 __version__ = "0.1.0"
 
 __all__ = (
-    "PermissibilityGraph",
+    "LaPermState",
     "Partition",
+    "PermissibilityGraph",
     "PermutationState",
     "RecommendationState",
+    "SwitchState",
     "aggressiveness",
     "exact_params",
     "find_cycles",
+    "laperm",
     "momentum_recommendation",
     "partition",
     "partition_ratio",
@@ -46,4 +53,5 @@ __all__ = (
     "recommend",
     "sgperm",
     "source_order",
+    "switch_after",
 )

@@ -1,0 +1,41 @@
+"""LaPerm vs Adam on scikit-learn's 8x8 digits: the sweep behind laperm's defaults.
+
+Run from the repository root:
+
+  python tests/laperm_sweep.py HIDDEN EPOCHS K1,K2,... [--sync-vectors]
+
+Uses the setup of tests/test_laperm.py (``digits_accuracy``): a 64-HIDDEN-10
+ReLU MLP (LeCun-normal kernels, zero biases), batch 64, 75/25 stratified split
+(random_state=0), 8 seeds vmapped; LaPerm is scored on its synced weights
+(``sgperm_jax.exact_params``).
+"""
+
+import sys
+import time
+
+import numpy as np
+import optax
+
+sys.path.insert(0, "tests")
+import test_laperm as setup  # pylint: disable=wrong-import-position
+
+import sgperm_jax  # pylint: disable=wrong-import-position
+
+setup._HIDDEN, setup._EPOCHS = int(sys.argv[1]), int(sys.argv[2])
+KS = [int(k) for k in sys.argv[3].split(",")]
+SYNC_VECTORS = "--sync-vectors" in sys.argv
+DATA = setup._digits()
+
+configs = [("adam(1e-3)", optax.adam(1e-3), False)]
+for k in KS:
+  name = f"laperm(adam(1e-3), {k}" + (
+      ", skip_vectors=False)" if SYNC_VECTORS else ")")
+  configs.append((name, sgperm_jax.laperm(
+      optax.adam(1e-3), k, skip_vectors=not SYNC_VECTORS), True))
+for name, tx, exact in configs:
+  t = time.time()
+  acc, _ = setup.digits_accuracy(tx, exact, DATA)
+  acc = np.asarray(acc)
+  print(f"| {setup._HIDDEN} | {setup._EPOCHS} | `{name}` |"
+        f" {acc.mean():.2f} ± {acc.std():.2f} | {acc.min():.2f} |"
+        f" {time.time() - t:.0f} s |", flush=True)
