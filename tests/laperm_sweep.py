@@ -16,26 +16,31 @@ import time
 import numpy as np
 import optax
 
-sys.path.insert(0, "tests")
-import test_laperm as setup  # pylint: disable=wrong-import-position
+import sgperm_jax
 
-import sgperm_jax  # pylint: disable=wrong-import-position
 
-setup._HIDDEN, setup._EPOCHS = int(sys.argv[1]), int(sys.argv[2])
-KS = [int(k) for k in sys.argv[3].split(",")]
-SYNC_VECTORS = "--sync-vectors" in sys.argv
-DATA = setup._digits()
+def main():
+  sys.path.insert(0, "tests")
+  import test_laperm as setup  # pylint: disable=import-outside-toplevel
+  setup._HIDDEN, setup._EPOCHS = int(sys.argv[1]), int(sys.argv[2])
+  ks = [int(k) for k in sys.argv[3].split(",")]
+  sync_vectors = "--sync-vectors" in sys.argv
+  data = setup._digits()
 
-configs = [("adam(1e-3)", optax.adam(1e-3), False)]
-for k in KS:
-  name = f"laperm(adam(1e-3), {k}" + (
-      ", skip_vectors=False)" if SYNC_VECTORS else ")")
-  configs.append((name, sgperm_jax.laperm(
-      optax.adam(1e-3), k, skip_vectors=not SYNC_VECTORS), True))
-for name, tx, exact in configs:
-  t = time.time()
-  acc, _ = setup.digits_accuracy(tx, exact, DATA)
-  acc = np.asarray(acc)
-  print(f"| {setup._HIDDEN} | {setup._EPOCHS} | `{name}` |"
-        f" {acc.mean():.2f} ± {acc.std():.2f} | {acc.min():.2f} |"
-        f" {time.time() - t:.0f} s |", flush=True)
+  configs = [("adam(1e-3)", optax.adam(1e-3), False)]
+  for k in ks:
+    name = f"laperm(adam(1e-3), {k}" + (
+        ", skip_vectors=False)" if sync_vectors else ")")
+    configs.append((name, sgperm_jax.laperm(
+        optax.adam(1e-3), k, skip_vectors=not sync_vectors), True))
+  for name, tx, exact in configs:
+    t = time.time()
+    acc, _ = setup.digits_accuracy(tx, exact, data)
+    acc = np.asarray(acc)
+    print(f"| {setup._HIDDEN} | {setup._EPOCHS} | `{name}` |"
+          f" {acc.mean():.2f} ± {acc.std():.2f} | {acc.min():.2f} |"
+          f" {time.time() - t:.0f} s |", flush=True)
+
+
+if __name__ == "__main__":
+  main()
