@@ -9,9 +9,21 @@ from __future__ import annotations
 import numbers
 from typing import Any
 
+import jax
+import numpy as np
+
 
 def _concrete(value: Any) -> bool:
   return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _as_number(value: Any) -> Any:
+  """A concrete 0-d array as a Python number; anything else unchanged."""
+  if (hasattr(value, "dtype") and not isinstance(value, jax.core.Tracer)
+      and np.ndim(value) == 0 and np.issubdtype(np.asarray(value).dtype,
+                                                np.number)):
+    return np.asarray(value).item()
+  return value
 
 
 def number(name: str, value: Any) -> None:
@@ -27,6 +39,7 @@ def in_range(name: str, value: Any, lo: float | None, hi: float | None,
              *, open_lo: bool = False) -> None:
   """Raises ValueError unless ``lo <= value <= hi`` (``lo < value``)."""
   number(name, value)
+  value = _as_number(value)
   if not _concrete(value):
     return
   if value != value:  # NaN
@@ -48,8 +61,31 @@ def positive_int(name: str, value: Any) -> None:
   if isinstance(value, bool) or not (
       isinstance(value, numbers.Integral) or hasattr(value, "dtype")):
     raise TypeError(f"{name} must be an integer, got {value!r}")
-  if isinstance(value, numbers.Integral) and value < 1:
-    raise ValueError(f"{name} must be >= 1, got {value!r}")
+  value = _as_number(value)
+  if isinstance(value, numbers.Integral) and not 1 <= value < 2**31:
+    raise ValueError(f"{name} must be >= 1 and < 2**31, got {value!r}")
+
+
+def seed(name: str, value: Any) -> None:
+  """Raises unless ``value`` is an integer usable as a PRNG seed."""
+  if isinstance(value, bool) or not (isinstance(value, numbers.Integral)
+                                     or hasattr(value, "dtype")):
+    raise TypeError(f"{name} must be an integer, got {value!r}")
+  value = _as_number(value)
+  if isinstance(value, numbers.Integral) and not -2**31 <= value < 2**32:
+    raise ValueError(f"{name} must fit in 32 bits, got {value!r}")
+
+
+def float_dtype(name: str, value: Any) -> None:
+  """Raises TypeError unless ``value`` is None or a real floating dtype."""
+  if value is None:
+    return
+  try:
+    dtype = np.dtype(value)
+  except TypeError as e:
+    raise TypeError(f"{name} must be a floating dtype, got {value!r}") from e
+  if not jax.numpy.issubdtype(dtype, jax.numpy.floating):
+    raise TypeError(f"{name} must be a floating dtype, got {dtype}")
 
 
 def boolean(name: str, value: Any) -> None:

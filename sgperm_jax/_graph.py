@@ -23,7 +23,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from sgperm_jax._layout import compute_dtype
-from sgperm_jax._partition import Partition
+from sgperm_jax._partition import Partition, sort_key
 
 UP = 1  # r < 0: walks to larger values
 DOWN = -1  # r > 0: walks to smaller values
@@ -103,7 +103,8 @@ def permissibility_graph(partition: Partition, alpha: chex.Numeric,
   lo, hi = partition.subset_lo, partition.subset_hi
   up_hi = lower_bound(v, pos + 1, hi, v + eps)
   down_lo = lower_bound(v, lo, pos, v - eps)
-  down_hi = lower_bound(v, lo, pos, v)
+  keys = sort_key(partition.values)  # exact ties, whatever the backend
+  down_hi = lower_bound(keys, lo, pos, keys)
   direction = jnp.where(up, UP, jnp.where(down, DOWN, 0)).astype(jnp.int8)
   reach_lo = jnp.where(up, pos + 1, jnp.where(down, down_lo, pos))
   reach_hi = jnp.where(up, up_hi, jnp.where(down, down_hi, pos))

@@ -29,6 +29,19 @@ class Partition(NamedTuple):
   active: jax.Array  # bool: vertex takes part (r != 0, finite, not left out)
 
 
+def sort_key(values: jax.Array) -> jax.Array:
+  """Signed integers that order exactly like ``values`` (``-0.0 == 0.0``).
+
+  Comparing these instead of the floats keeps the order right where the
+  backend flushes subnormals to zero in float comparisons (XLA:CPU does).
+  """
+  bits = {2: jnp.int16, 4: jnp.int32, 8: jnp.int64}[values.dtype.itemsize]
+  key = lax.bitcast_convert_type(values, bits)
+  key = jnp.where(key == jnp.iinfo(bits).min, 0, key)  # -0.0 as +0.0
+  key = jnp.where(key < 0, key ^ jnp.iinfo(bits).max, key)
+  return key.astype(jnp.promote_types(bits, jnp.int32))
+
+
 def partition_size(lamda: chex.Numeric, n: int,
                    partition_size_min: chex.Numeric) -> jax.Array:
   """``min(n, max(partition_size_min, floor(lamda * n)))`` as an int32 scalar.
@@ -87,8 +100,9 @@ def partition(key: jax.Array, values: jax.Array, recommendations: jax.Array,
     row_ids = jnp.arange(rows, dtype=jnp.int32)
   perm = lax.cond(size >= n, lambda: iota, lambda: _shuffle(key, row_ids, n))
   chunk = iota // size
-  subset, v, order, r = lax.sort(
-      (chunk, jnp.take_along_axis(values, perm, axis=1), perm,
+  shuffled = jnp.take_along_axis(values, perm, axis=1)
+  subset, _, v, order, r = lax.sort(
+      (chunk, sort_key(shuffled), shuffled, perm,
        jnp.take_along_axis(recommendations, perm, axis=1)),
       dimension=1, num_keys=2, is_stable=True)
   lo = subset * size

@@ -82,6 +82,7 @@ def momentum_recommendation(momentum_lr: optax.ScalarOrSchedule = 0.01,
   """
   _checks.positive_or_schedule("momentum_lr", momentum_lr)
   _checks.in_range("momentum", momentum, 0.0, 1.0)
+  _checks.float_dtype("mu_dtype", mu_dtype)
   mu_dtype = None if mu_dtype is None else jnp.dtype(mu_dtype)
 
   def init_fn(params):

@@ -138,6 +138,19 @@ def permutation_step(key: jax.Array, weights: Any, recommendations: Any, *,
   return jax.tree.unflatten(treedef, out)
 
 
+def _delta(weights: jax.Array, params: Any) -> jax.Array:
+  """The update that moves ``params`` onto ``weights``, in the params' dtype.
+
+  Where ``weights - params`` overflows (values near the dtype's max with
+  opposite signs), the update sends the slot to 0 instead of to infinity; the
+  next step, which starts from the exact weights again, lands it.
+  """
+  params = jnp.asarray(params)
+  delta = (weights - params).astype(params.dtype)
+  return jnp.where(jnp.isfinite(delta) | ~jnp.isfinite(params), delta,
+                   -params)
+
+
 class PermutationState(NamedTuple):
   """State of :func:`permute_by_recommendation`."""
   count: jax.typing.ArrayLike  # shape=(), dtype=jnp.int32: steps taken
@@ -163,9 +176,7 @@ def _check_hyperparams(alpha0, lamda0, beta1, beta2, alpha_min, lamda_max,
   _checks.in_range("lamda_max", lamda_max, 0.0, 1.0)
   _checks.positive_int("partition_size_min", partition_size_min)
   _checks.boolean("include_partition_remainder", include_partition_remainder)
-  if isinstance(seed, bool) or not (isinstance(seed, int)
-                                    or hasattr(seed, "dtype")):
-    raise TypeError(f"seed must be an integer, got {seed!r}")
+  _checks.seed("seed", seed)
 
 
 def permute_by_recommendation(
@@ -266,8 +277,7 @@ def permute_by_recommendation(
         lamda=lamda_fn(state.count), layout=layout,
         partition_size_min=partition_size_min,
         include_partition_remainder=include_partition_remainder, mesh=mesh)
-    new_updates = jax.tree.map(lambda w, p: (w - p).astype(p.dtype),
-                               new_weights, params)
+    new_updates = jax.tree.map(_delta, new_weights, params)
     return new_updates, PermutationState(
         count=optax.safe_increment(state.count), rng_key=key,
         weights=new_weights)
