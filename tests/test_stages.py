@@ -164,8 +164,7 @@ def test_stages_compose_to_the_transformation():
              zip(jax.tree.leaves(want), leaves))
 
 
-@pytest.mark.parametrize("n", [2, 7, 64])
-def test_find_cycles_batches_of_different_lengths(n):
+def test_find_cycles_batches_of_different_lengths(n=7):
   """Several batches searched in one loop equal each searched alone."""
   rng = np.random.default_rng(n)
   batches = []
@@ -174,7 +173,8 @@ def test_find_cycles_batches_of_different_lengths(n):
     r = jnp.asarray(rng.normal(size=(rows, length)), jnp.float32)
     part = sgperm_jax.partition(jax.random.key(n), w, r, length)
     batches.append((part, sgperm_jax.permissibility_graph(part, 0.5)))
-  together = sgperm_jax.find_cycles([b[0] for b in batches],
-                                    [b[1] for b in batches])
+  find_cycles = jax.jit(sgperm_jax.find_cycles)
+  together = find_cycles([b[0] for b in batches], [b[1] for b in batches])
   for (part, graph), succ in zip(batches, together):
-    np.testing.assert_array_equal(succ, sgperm_jax.find_cycles(part, graph))
+    np.testing.assert_array_equal(succ, find_cycles(part, graph))
+    assert np.any(succ != np.arange(succ.shape[1]))

@@ -51,7 +51,7 @@ class TestOptaxBattery(chex.TestCase):
     state = tx.init(params)
     update = self.variant(tx.update)
     start = params
-    for _ in range(15 if self.variant.type == "with_jit" else 3):
+    for _ in range(15 if self.variant.type == "with_jit" else 2):
       grads = jax.grad(_loss)(params)
       updates, state = update(grads, state, params)
       params = optax.apply_updates(params, updates)
