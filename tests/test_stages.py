@@ -177,4 +177,4 @@ def test_find_cycles_batches_of_different_lengths(n=7):
   together = find_cycles([b[0] for b in batches], [b[1] for b in batches])
   for (part, graph), succ in zip(batches, together):
     np.testing.assert_array_equal(succ, find_cycles(part, graph))
-    assert np.any(succ != np.arange(succ.shape[1]))
+    assert np.any(np.asarray(succ) != np.arange(succ.shape[1]))
