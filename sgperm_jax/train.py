@@ -34,6 +34,7 @@ import optax
 from flax import nnx
 
 import sgperm_jax
+from sgperm_jax import checkpoint
 from sgperm_jax import data as data_lib
 from sgperm_jax import models
 
@@ -259,7 +260,9 @@ def _train_epoch(step: Callable[..., Any], params: Any, opt_state: Any,
 def train_run(name: str, tx: optax.GradientTransformation,
               graphdef: nnx.GraphDef, params: Any, dataset: data_lib.Dataset,
               *, epochs: int, batch_size: int, seed: int,
-              progress: bool = True) -> RunResult:
+              progress: bool = True,
+              checkpoint_dir: pathlib.Path | None = None,
+              resume: bool = False) -> RunResult:
   """Trains one optimizer from ``params`` and evaluates it after each epoch.
 
   The train step is jitted once for this optimizer and every step has the
@@ -277,6 +280,9 @@ def train_run(name: str, tx: optax.GradientTransformation,
     batch_size: images per step.
     seed: seed of the batch order.
     progress: whether to show a progress bar.
+    checkpoint_dir: if given, save params, optimizer state and history there
+      after every epoch (the last two kept).
+    resume: continue from the newest checkpoint in ``checkpoint_dir``.
 
   Returns:
     A :class:`RunResult`.
@@ -290,10 +296,18 @@ def train_run(name: str, tx: optax.GradientTransformation,
   opt_state = tx.init(params)
   history = {k: [] for k in ("train_loss", "train_accuracy", "test_loss",
                              "test_accuracy")}
+  first_epoch = 0
+  if resume and checkpoint.latest_step(checkpoint_dir) is not None:
+    try:
+      saved = checkpoint.restore_checkpoint(checkpoint_dir, params, opt_state)
+    except ValueError as e:
+      raise UsageError(f"--resume: {e}") from e
+    params, opt_state, first_epoch = saved.params, saved.opt_state, saved.step
+    history = saved.metadata["history"]
   clock = _Clock()
-  total = epochs * (len(labels) // batch_size)
+  total = max(0, epochs - first_epoch) * (len(labels) // batch_size)
   with _progress(total, name, progress) as bar:
-    for epoch in range(epochs):
+    for epoch in range(first_epoch, epochs):
       batches = batch_order(seed, epoch, len(labels), batch_size)
       params, opt_state, (loss, acc) = _train_epoch(
           step, params, opt_state, images, labels, batches, bar, clock)
@@ -304,6 +318,10 @@ def train_run(name: str, tx: optax.GradientTransformation,
         history[key].append(float(value))
       bar.set_postfix(loss=f"{loss:.4f}", acc=f"{acc:.3f}",
                       test_acc=f"{test_acc:.3f}")
+      if checkpoint_dir is not None:
+        checkpoint.save_checkpoint(checkpoint_dir, epoch + 1, params,
+                                   opt_state, metadata={"history": history},
+                                   max_to_keep=2)
   return RunResult(
       optimizer=name, test_accuracy=history["test_accuracy"][-1],
       test_loss=history["test_loss"][-1], epochs=epochs, steps=clock.steps,
@@ -468,6 +486,13 @@ def build_parser() -> argparse.ArgumentParser:
                  help="save loss and accuracy curves (needs matplotlib)")
   p.add_argument("--json", type=pathlib.Path, default=None, metavar="FILE",
                  help="save the final metrics and the per-epoch history")
+  p.add_argument("--checkpoint-dir", type=pathlib.Path, default=None,
+                 metavar="DIR", help="save a checkpoint after every epoch in"
+                 " DIR/<optimizer> (needs orbax-checkpoint: pip install"
+                 " 'sgperm-jax[checkpoint]')")
+  p.add_argument("--resume", action="store_true",
+                 help="continue from the newest checkpoints in"
+                 " --checkpoint-dir")
   p.add_argument("--no-progress", dest="progress", action="store_false",
                  help="hide the progress bars")
   return p
@@ -489,6 +514,27 @@ def _check_outputs(args: argparse.Namespace) -> None:
       plotting.require_matplotlib()
     except ImportError as e:
       raise UsageError(f"--plot {args.plot}: {e}") from e
+
+
+def _check_checkpoints(args: argparse.Namespace,
+                       names: Sequence[str]) -> None:
+  """Fails before training if checkpoints cannot be written or resumed."""
+  directory = args.checkpoint_dir
+  if directory is None:
+    if args.resume:
+      raise UsageError("--resume needs --checkpoint-dir")
+    return
+  if directory.exists() and not directory.is_dir():
+    raise UsageError(f"--checkpoint-dir {directory}: not a directory")
+  try:
+    taken = [n for n in names
+             if checkpoint.latest_step(directory / n) is not None]
+  except ImportError as e:
+    raise UsageError(f"--checkpoint-dir: {e}") from e
+  if taken and not args.resume:
+    raise UsageError(f"--checkpoint-dir {directory} already holds checkpoints"
+                     f" of {', '.join(taken)}; pass --resume to continue"
+                     " them, or choose another directory")
 
 
 def _architecture(args: argparse.Namespace) -> str:
@@ -518,6 +564,7 @@ def run(args: argparse.Namespace) -> list[RunResult]:
   names = tuple(dict.fromkeys((args.optimizer, *args.compare)))
   optimizers = {name: make_optimizer(name, args) for name in names}
   _check_outputs(args)
+  _check_checkpoints(args, names)
   dataset = data_lib.load_dataset(args.dataset)
   if args.batch_size > len(dataset.y_train):
     raise UsageError(f"--batch-size {args.batch_size} is larger than the"
@@ -532,7 +579,9 @@ def run(args: argparse.Namespace) -> list[RunResult]:
   print(_describe(dataset, args, params), flush=True)
   results = [train_run(name, tx, graphdef, params, dataset,
                        epochs=args.epochs, batch_size=args.batch_size,
-                       seed=args.seed, progress=args.progress)
+                       seed=args.seed, progress=args.progress,
+                       checkpoint_dir=None if args.checkpoint_dir is None
+                       else args.checkpoint_dir / name, resume=args.resume)
              for name, tx in optimizers.items()]
   print(summary_table(results), flush=True)
   config = {k: (str(v) if isinstance(v, pathlib.Path) else v)

@@ -222,3 +222,20 @@ def test_make_optimizer_names():
                       optax.GradientTransformation)
   with pytest.raises(train.UsageError, match="unknown optimizer"):
     train.make_optimizer("rmsprop", args)
+
+
+def test_resume_continues_exactly(tmp_path):
+  common = ["--epochs", "2", "--batch-size", "64", "--hidden", "16",
+            "--no-progress", "--compare", "adam"]
+  ck = str(tmp_path / "ck")
+  assert train.main(common + ["--json", str(tmp_path / "full.json")]) == 0
+  first = ["--epochs", "1"] + common[2:]
+  assert train.main(first + ["--checkpoint-dir", ck]) == 0
+  assert train.main(first + ["--checkpoint-dir", ck]) == 2  # needs --resume
+  assert train.main(common + ["--resume"]) == 2  # needs --checkpoint-dir
+  assert train.main(common + ["--checkpoint-dir", ck, "--resume", "--json",
+                              str(tmp_path / "resumed.json")]) == 0
+  full, resumed = (json.loads((tmp_path / f).read_text())
+                   for f in ("full.json", "resumed.json"))
+  for name in ("sgperm", "adam"):
+    assert resumed["runs"][name]["history"] == full["runs"][name]["history"]
