@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import jax
+
 
 def _owns_exact_params(x: Any) -> bool:
   return isinstance(x, tuple) and callable(getattr(type(x), "exact_params",
@@ -55,7 +57,6 @@ def exact_params(params: Any, opt_state: Any) -> Any:
     [1.0, 100000000.0]
   """
   params, opt_state = _pure(params), _pure(opt_state)
-  import jax  # pylint: disable=import-outside-toplevel
   states = [s for s in jax.tree.leaves(opt_state, is_leaf=_owns_exact_params)
             if _owns_exact_params(s)]
   if not states:
