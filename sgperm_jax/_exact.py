@@ -25,6 +25,19 @@ def _pure(tree: Any) -> Any:
   return nnx.as_pure(tree)
 
 
+def apply_exact_states(params: Any, opt_state: Any) -> tuple[Any, bool]:
+  """``params`` with every sgperm_jax state in ``opt_state`` applied.
+
+  Returns the tree and whether any such state was found (if none, ``params``
+  comes back unchanged).
+  """
+  states = [s for s in jax.tree.leaves(opt_state, is_leaf=_owns_exact_params)
+            if _owns_exact_params(s)]
+  for state in states:
+    params = state.exact_params(params)
+  return params, bool(states)
+
+
 def exact_params(params: Any, opt_state: Any) -> Any:
   """Returns the exact weights: every row a bit-exact permutation.
 
@@ -56,13 +69,9 @@ def exact_params(params: Any, opt_state: Any) -> Any:
     >>> sgperm_jax.exact_params(params, state).tolist()
     [1.0, 100000000.0]
   """
-  params, opt_state = _pure(params), _pure(opt_state)
-  states = [s for s in jax.tree.leaves(opt_state, is_leaf=_owns_exact_params)
-            if _owns_exact_params(s)]
-  if not states:
+  params, found = apply_exact_states(_pure(params), _pure(opt_state))
+  if not found:
     raise ValueError("exact_params: opt_state holds no sgperm_jax state (was"
                      " it made by sgperm, permute_by_recommendation or"
                      " laperm?)")
-  for state in states:
-    params = state.exact_params(params)
   return params

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
-from sgperm_jax._exact import _owns_exact_params
+from sgperm_jax._exact import apply_exact_states
 
 
 def _is_masked(x: Any) -> bool:
@@ -31,16 +31,8 @@ def _is_masked(x: Any) -> bool:
 
 
 def _apply_exact(params: Any, opt_state: Any) -> Any:
-  """``params`` with every exact-weights state in ``opt_state`` applied.
-
-  Like :func:`exact_params`, but returns ``params`` unchanged when the state
-  holds no sgperm_jax state.
-  """
-  states = [s for s in jax.tree.leaves(opt_state, is_leaf=_owns_exact_params)
-            if _owns_exact_params(s)]
-  for state in states:
-    params = state.exact_params(params)
-  return params
+  """``params`` with every exact-weights state in ``opt_state`` applied."""
+  return apply_exact_states(params, opt_state)[0]
 
 
 def _select(pred: jax.Array, on_true: Any, on_false: Any) -> Any:
