@@ -30,12 +30,46 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from sgperm_jax import _cycles_pallas
+from sgperm_jax import _native as _native_kernel
 from sgperm_jax._graph import DOWN, UP, PermissibilityGraph, subset_counts
 from sgperm_jax._layout import compute_dtype
 from sgperm_jax._partition import Partition
+from sgperm_jax._sorting import by_platform, position_bits, wide_ints
 
 _PICK, _SEARCH, _UNWIND, _FINISHED = 0, 1, 2, 3
 _DONE_MARK = -1  # ``next[v]`` of a done vertex
+
+
+def _source_sort_packed(subset_lo: jax.Array, magnitude: jax.Array,
+                        active: jax.Array) -> jax.Array:
+  """:func:`_source_sort_portable` as one sort of a single ``int64`` array.
+
+  ``(lo, rank, n - 1 - pos)`` is packed into ``k + 32 + k`` bits, with rank
+  ``2**31 - 1 - bits(|r|)`` for an active vertex (the bits of a non-negative
+  float32 order like its value) and ``2**31`` for an inactive one.
+  """
+  n = magnitude.shape[-1]
+  k = position_bits(n)
+  bits = lax.bitcast_convert_type(magnitude, jnp.int32)
+  rank = jnp.int32(2**31 - 1) - bits
+  with wide_ints():
+    pos = lax.broadcasted_iota(jnp.int64, magnitude.shape, 1)
+    rank = jnp.where(active, rank.astype(jnp.int64), jnp.int64(2**31))
+    packed = lax.sort(
+        lax.shift_left(subset_lo.astype(jnp.int64), jnp.int64(32 + k))
+        | lax.shift_left(rank, jnp.int64(k)) | (jnp.int64(n - 1) - pos),
+        dimension=1)
+    return (jnp.int64(n - 1) - (packed & jnp.int64((1 << k) - 1))).astype(
+        jnp.int32)
+
+
+def _source_sort_portable(subset_lo: jax.Array, magnitude: jax.Array,
+                          active: jax.Array) -> jax.Array:
+  """Positions sorted by ``(subset_lo, -|r| or inf if inactive, -pos)``."""
+  key = jnp.where(active, -magnitude, jnp.inf)
+  pos = lax.broadcasted_iota(jnp.int32, key.shape, 1)
+  return -lax.sort((subset_lo, key, -pos), dimension=1, num_keys=3)[2]
 
 
 def source_order(partition: Partition, graph: PermissibilityGraph
@@ -48,10 +82,10 @@ def source_order(partition: Partition, graph: PermissibilityGraph
   """
   cdt = compute_dtype(partition.recommendations.dtype)
   magnitude = jnp.abs(partition.recommendations.astype(cdt))
-  key = jnp.where(graph.direction != 0, -magnitude, jnp.inf)
-  pos = lax.broadcasted_iota(jnp.int32, key.shape, 1)
-  return -lax.sort((partition.subset_lo, key, -pos), dimension=1,
-                   num_keys=3)[2]
+  args = (partition.subset_lo, magnitude, graph.direction != 0)
+  if cdt.itemsize == 4 and 2 * position_bits(magnitude.shape[-1]) + 32 <= 63:
+    return by_platform(_source_sort_packed, _source_sort_portable, *args)
+  return _source_sort_portable(*args)
 
 
 # Read-only table of the search, one field after another (flat positions).
@@ -303,34 +337,12 @@ def _search_step(table: jax.Array, row_end: jax.Array, size: int,
       buffers=buffers)
 
 
-def find_cycles(partitions: Partition | Sequence[Partition],
-                graphs: PermissibilityGraph | Sequence[PermissibilityGraph]):
-  """Finds the disjoint cycles of every subset of every row (SPEC §3.6).
+SEARCH_METHODS = ("auto", "loop", "native", "pallas")
 
-  Args:
-    partitions: a :class:`Partition`, or a sequence of them (batches of rows
-      of different lengths, searched together in one loop).
-    graphs: the matching :class:`PermissibilityGraph` (or sequence).
 
-  Returns:
-    The cycles as a successor array per batch, ``(rows, n)`` int32 in sorted
-    layout: vertex ``j`` takes the value of vertex ``successor[j]``
-    (``successor[j] == j`` when ``j`` is in no cycle). A list when given
-    sequences.
-
-  Example:
-    >>> import jax, jax.numpy as jnp, sgperm_jax
-    >>> p = sgperm_jax.partition(jax.random.key(0), jnp.array([[0., 1., 2.]]),
-    ...                          jnp.array([[-1., 1., 1.]]), size=3)
-    >>> g = sgperm_jax.permissibility_graph(p, alpha=1.0)
-    >>> sgperm_jax.find_cycles(p, g).tolist()
-    [[2, 0, 1]]
-  """
-  single = isinstance(partitions, Partition)
-  if single:
-    partitions, graphs = [partitions], [graphs]
-  if not partitions:
-    return partitions
+def _loop(partitions: Sequence[Partition],
+          graphs: Sequence[PermissibilityGraph]) -> list[jax.Array]:
+  """The portable search: every row of every batch in one while loop."""
   table, buffers, row_start, row_end, size = _flatten(partitions, graphs)
   zeros = jnp.zeros_like(row_start)
   init = _Search(
@@ -347,4 +359,117 @@ def find_cycles(partitions: Partition | Sequence[Partition],
     succ = successor[base:base + rows * n].reshape(rows, n)
     out.append(succ - (base + jnp.arange(rows, dtype=jnp.int32) * n)[:, None])
     base += rows * n
+  return out
+
+
+def _native(partitions, graphs) -> list[jax.Array]:
+  """The native CPU kernel, one call per batch (it orders the sources)."""
+  out = []
+  for part, graph in zip(partitions, graphs):
+    cdt = compute_dtype(part.recommendations.dtype)
+    bits = jnp.uint32 if cdt.itemsize == 4 else jnp.uint64
+    magnitude = lax.bitcast_convert_type(
+        jnp.abs(part.recommendations.astype(cdt)), bits)
+    out.append(_native_kernel.find_cycles_native(
+        graph.direction, graph.reach_lo, graph.reach_hi, part.subset_lo,
+        part.subset_hi, magnitude))
+  return out
+
+
+def _pallas(partitions, graphs, interpret: bool) -> list[jax.Array]:
+  """The Pallas kernel, one call per batch."""
+  return [_cycles_pallas.find_cycles_pallas(
+      graph.direction, graph.reach_lo, graph.reach_hi, part.subset_lo,
+      part.subset_hi, source_order(part, graph), interpret=interpret)
+          for part, graph in zip(partitions, graphs)]
+
+
+def _on_platform(partitions, graphs, **branches) -> list[jax.Array]:
+  """Runs ``branches[platform](partitions, graphs)`` for the lowering platform."""
+  def call(fn):
+    return lambda parts, grs: fn(list(parts), list(grs))
+  return lax.platform_dependent(
+      tuple(partitions), tuple(graphs),
+      **{platform: call(fn) for platform, fn in branches.items()})
+
+
+def find_cycles(partitions: Partition | Sequence[Partition],
+                graphs: PermissibilityGraph | Sequence[PermissibilityGraph],
+                *, method: str = "auto"):
+  """Finds the disjoint cycles of every subset of every row (SPEC §3.6).
+
+  Every method gives the same result, bit for bit:
+
+  * ``"loop"``: portable JAX, one ``lax.while_loop`` over all rows of all
+    batches (one row per lane, O(1) work per lane per iteration);
+  * ``"native"``: a C++ kernel called through XLA's FFI, CPU only, built at
+    install time (``sgperm_jax._native.available()`` says whether it is);
+  * ``"pallas"``: a Pallas kernel, one program per row (Triton on GPU,
+    Mosaic on TPU; the Pallas interpreter on CPU, slow, for testing);
+  * ``"auto"``: chosen by the platform the computation is compiled for:
+    ``"native"`` on CPU (``"loop"`` where it was not built), ``"pallas"``
+    on GPU, ``"loop"`` elsewhere (TPU included: the Mosaic flavour keeps
+    sixteen int32 buffers of one row in SMEM, ``64 n + 4`` bytes, more than
+    older TPUs have for rows of a few hundred; ask for it with
+    ``"pallas"``).
+
+  On rows with many tied values and a wide reach, ``"loop"`` can take many
+  more iterations than the kernels: they skip whole runs of seen vertices,
+  the loop only the run around the source.
+
+  Args:
+    partitions: a :class:`Partition`, or a sequence of them (batches of rows
+      of different lengths, searched together).
+    graphs: the matching :class:`PermissibilityGraph` (or sequence).
+    method: ``"auto"``, ``"loop"``, ``"native"`` or ``"pallas"``.
+
+  Returns:
+    The cycles as a successor array per batch, ``(rows, n)`` int32 in sorted
+    layout: vertex ``j`` takes the value of vertex ``successor[j]``
+    (``successor[j] == j`` when ``j`` is in no cycle). A list when given
+    sequences.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, sgperm_jax
+    >>> p = sgperm_jax.partition(jax.random.key(0), jnp.array([[0., 1., 2.]]),
+    ...                          jnp.array([[-1., 1., 1.]]), size=3)
+    >>> g = sgperm_jax.permissibility_graph(p, alpha=1.0)
+    >>> sgperm_jax.find_cycles(p, g).tolist()
+    [[2, 0, 1]]
+    >>> sgperm_jax.find_cycles(p, g, method="loop").tolist()
+    [[2, 0, 1]]
+  """
+  check_method(method)
+  single = isinstance(partitions, Partition)
+  if single:
+    partitions, graphs = [partitions], [graphs]
+  partitions, graphs = list(partitions), list(graphs)
+  if not partitions:
+    return partitions
+  if method == "native" and not _native_kernel.available():
+    raise RuntimeError("find_cycles: method='native' needs the native CPU"
+                       f" kernel, which is unavailable here:"
+                       f" {_native_kernel.load_error()}")
+  loop = _loop
+  cpu = _native if _native_kernel.available() else _loop
+  compiled = lambda p, g: _pallas(p, g, interpret=False)
+  interpreted = lambda p, g: _pallas(p, g, interpret=True)
+  if method == "loop":
+    out = _loop(partitions, graphs)
+  elif method == "native":
+    out = _native(partitions, graphs)
+  elif method == "pallas":
+    out = _on_platform(partitions, graphs, cuda=compiled, tpu=compiled,
+                       default=interpreted)
+  else:
+    out = _on_platform(partitions, graphs, cpu=cpu, cuda=compiled,
+                       default=loop)
+  out = list(out)
   return out[0] if single else out
+
+
+def check_method(method: str) -> None:
+  """Raises ValueError unless ``method`` names a cycle search."""
+  if method not in SEARCH_METHODS:
+    raise ValueError(f"cycle_search: expected one of {SEARCH_METHODS},"
+                     f" got {method!r}")

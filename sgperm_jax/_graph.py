@@ -103,8 +103,12 @@ def permissibility_graph(partition: Partition, alpha: chex.Numeric,
   lo, hi = partition.subset_lo, partition.subset_hi
   up_hi = lower_bound(v, pos + 1, hi, v + eps)
   down_lo = lower_bound(v, lo, pos, v - eps)
-  keys = sort_key(partition.values)  # exact ties, whatever the backend
-  down_hi = lower_bound(keys, lo, pos, keys)
+  # Below a vertex going down, its targets end where its run of equal values
+  # starts (exact integer keys, whatever the backend does with subnormals).
+  keys = sort_key(partition.values)
+  previous = jnp.pad(keys[:, :-1], ((0, 0), (1, 0)))
+  run_start = (pos == lo) | (keys != previous)
+  down_hi = lax.cummax(jnp.where(run_start, pos, 0), axis=1)
   direction = jnp.where(up, UP, jnp.where(down, DOWN, 0)).astype(jnp.int8)
   reach_lo = jnp.where(up, pos + 1, jnp.where(down, down_lo, pos))
   reach_hi = jnp.where(up, up_hi, jnp.where(down, down_hi, pos))

@@ -5,8 +5,10 @@ floor(lamda * n))`` a row is one subset in natural order when ``P >= n``;
 otherwise its positions are shuffled uniformly at random and cut into chunks
 of ``P`` (a shorter last chunk takes part only if asked). Each subset is then
 ordered by value, ascending and stably (ties keep their order in the
-subset). The result is the *sorted layout* that the later stages work in:
-position ``j`` of a row holds the ``j``-th vertex, subsets are consecutive.
+subset). On CPU and GPU both orders come from sorts of one packed integer key
+(see ``_sorting.py``). The result is the *sorted layout* that the later
+stages work in: position ``j`` of a row holds the ``j``-th vertex, subsets are
+consecutive.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import chex
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+from sgperm_jax._sorting import by_platform, position_bits, wide_ints
 
 
 class Partition(NamedTuple):
@@ -56,16 +60,66 @@ def partition_size(lamda: chex.Numeric, n: int,
   return jnp.clip(p, 1, n)
 
 
+def _shuffle_packed(bits: jax.Array) -> jax.Array:
+  """Positions by ``(bits, position)``: one sort of ``bits << k | position``."""
+  k = position_bits(bits.shape[1])
+  with wide_ints():
+    pos = lax.broadcasted_iota(jnp.int64, bits.shape, 1)
+    packed = lax.sort(lax.shift_left(bits.astype(jnp.int64), jnp.int64(k))
+                      | pos, dimension=1)
+    return (packed & jnp.int64((1 << k) - 1)).astype(jnp.int32)
+
+
+def _shuffle_portable(bits: jax.Array) -> jax.Array:
+  """Positions by ``(bits, position)``: a stable sort carrying positions."""
+  pos = lax.broadcasted_iota(jnp.int32, bits.shape, 1)
+  return lax.sort((bits, pos), dimension=1, num_keys=1, is_stable=True)[1]
+
+
 def _shuffle(key: jax.Array, row_ids: jax.Array, n: int) -> jax.Array:
   """A uniformly random permutation of ``range(n)`` for each row.
 
   Row ``j`` draws from ``fold_in(key, row_ids[j])``, so a row's partition does
   not depend on which other rows are computed with it (or on which device).
+  Positions are ordered by 32 random bits, ties by position.
   """
   bits = jax.vmap(lambda i: jax.random.bits(jax.random.fold_in(key, i), (n,),
                                             jnp.uint32))(row_ids)
-  iota = lax.broadcasted_iota(jnp.int32, bits.shape, 1)
-  return lax.sort((bits, iota), dimension=1, num_keys=1, is_stable=True)[1]
+  return by_platform(_shuffle_packed, _shuffle_portable, bits)
+
+
+def _chunk_sort_packed(keys: jax.Array, size: jax.Array
+                       ) -> tuple[jax.Array, jax.Array]:
+  """:func:`_chunk_sort_portable` as one sort of a single ``int64`` array.
+
+  The key ``(chunk * 2**32 + key + 2**31) * size + i % size`` (below
+  ``2 n 2**32``) orders like ``(chunk, key, i)`` for int32 ``keys``.
+  """
+  with wide_ints():
+    i = lax.broadcasted_iota(jnp.int64, keys.shape, 1)
+    p = size.astype(jnp.int64)
+    packed = ((i // p) * jnp.int64(1 << 32) + keys.astype(jnp.int64)
+              + jnp.int64(1 << 31)) * p + i % p
+    packed = lax.sort(packed, dimension=1)
+    chunk = lax.shift_right_arithmetic(packed // p, jnp.int64(32))
+    return ((chunk * p + packed % p).astype(jnp.int32),
+            chunk.astype(jnp.int32))
+
+
+def _chunk_sort_portable(keys: jax.Array, size: jax.Array
+                         ) -> tuple[jax.Array, jax.Array]:
+  """Sorts shuffled positions ``i`` by ``(chunk, key, i)``, chunk ``i // size``.
+
+  Args:
+    keys: ``(rows, n)`` integer value keys in shuffled order.
+    size: the partition size.
+
+  Returns:
+    In sorted order, each entry's shuffled position and its chunk.
+  """
+  i = lax.broadcasted_iota(jnp.int32, keys.shape, 1)
+  chunk, _, where = lax.sort((i // size, keys, i), dimension=1, num_keys=3)
+  return where, chunk
 
 
 def partition(key: jax.Array, values: jax.Array, recommendations: jax.Array,
@@ -99,12 +153,15 @@ def partition(key: jax.Array, values: jax.Array, recommendations: jax.Array,
   if row_ids is None:
     row_ids = jnp.arange(rows, dtype=jnp.int32)
   perm = lax.cond(size >= n, lambda: iota, lambda: _shuffle(key, row_ids, n))
-  chunk = iota // size
-  shuffled = jnp.take_along_axis(values, perm, axis=1)
-  subset, _, v, order, r = lax.sort(
-      (chunk, sort_key(shuffled), shuffled, perm,
-       jnp.take_along_axis(recommendations, perm, axis=1)),
-      dimension=1, num_keys=2, is_stable=True)
+  keys = sort_key(jnp.take_along_axis(values, perm, axis=1))
+  if keys.dtype.itemsize <= 4:
+    where, subset = by_platform(_chunk_sort_packed, _chunk_sort_portable,
+                                keys, size)
+  else:  # float64: 64-bit keys leave no room to pack
+    where, subset = _chunk_sort_portable(keys, size)
+  order = jnp.take_along_axis(perm, where, axis=1)
+  v = jnp.take_along_axis(values, order, axis=1)
+  r = jnp.take_along_axis(recommendations, order, axis=1)
   lo = subset * size
   hi = jnp.minimum(lo + size, n)
   active = (r != 0) & jnp.isfinite(r)

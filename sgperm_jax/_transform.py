@@ -18,7 +18,7 @@ from jax.sharding import PartitionSpec as P
 
 from sgperm_jax import _checks
 from sgperm_jax import _layout
-from sgperm_jax._cycles import find_cycles
+from sgperm_jax._cycles import check_method, find_cycles
 from sgperm_jax._graph import permissibility_graph
 from sgperm_jax._partition import partition, partition_size
 from sgperm_jax._permute import permute
@@ -27,8 +27,8 @@ from sgperm_jax._schedules import aggressiveness, partition_ratio
 
 
 def _permute_rows(key, leaf_ids, rows_w, rows_r, row_offset, alpha, lamda,
-                  partition_size_min, include_remainder):
-  """The four stages on lists of ``(rows, n)`` batches, one search loop."""
+                  partition_size_min, include_remainder, cycle_search):
+  """The four stages on lists of ``(rows, n)`` batches, one cycle search."""
   parts, graphs = [], []
   for i, w, r in zip(leaf_ids, rows_w, rows_r):
     size = partition_size(lamda, w.shape[1], partition_size_min)
@@ -37,11 +37,12 @@ def _permute_rows(key, leaf_ids, rows_w, rows_r, row_offset, alpha, lamda,
                      include_remainder, row_ids=row_ids)
     parts.append(part)
     graphs.append(permissibility_graph(part, alpha))
-  return [permute(p, s) for p, s in zip(parts, find_cycles(parts, graphs))]
+  cycles = find_cycles(parts, graphs, method=cycle_search)
+  return [permute(p, s) for p, s in zip(parts, cycles)]
 
 
 def _permute_rows_sharded(mesh, key, leaf_ids, rows_w, rows_r, alpha, lamda,
-                          partition_size_min, include_remainder):
+                          partition_size_min, include_remainder, cycle_search):
   """Like :func:`_permute_rows`, each device on its own rows, no collectives.
 
   Batches whose row count divides the device count are split by rows over
@@ -60,7 +61,8 @@ def _permute_rows_sharded(mesh, key, leaf_ids, rows_w, rows_r, alpha, lamda,
     out = []
     for sp, w, r, i in zip(split, rows_w, rows_r, leaf_ids):
       offset = device * w.shape[0] if sp else 0
-      out.extend(_permute_rows(key, [i], [w], [r], offset, *scalars))
+      out.extend(_permute_rows(key, [i], [w], [r], offset, *scalars,
+                               cycle_search))
     return out
 
   return jax.shard_map(
@@ -73,11 +75,12 @@ def permutation_step(key: jax.Array, weights: Any, recommendations: Any, *,
                      layout: _layout.LayoutSpec = "neurons",
                      partition_size_min: chex.Numeric = 10,
                      include_partition_remainder: chex.Numeric = True,
-                     mesh: jax.sharding.Mesh | None = None) -> Any:
+                     mesh: jax.sharding.Mesh | None = None,
+                     cycle_search: str = "auto") -> Any:
   """One SGPerm permutation of every row of every leaf (SPEC §3).
 
   Composes :func:`partition`, :func:`permissibility_graph`,
-  :func:`find_cycles` (one search loop for all leaves) and :func:`permute`.
+  :func:`find_cycles` (one search for all leaves) and :func:`permute`.
 
   Args:
     key: PRNG key for the random partitions (folded in per leaf and row).
@@ -90,6 +93,9 @@ def permutation_step(key: jax.Array, weights: Any, recommendations: Any, *,
     include_partition_remainder: whether a shorter last chunk takes part.
     mesh: optional device mesh; each device then permutes its own share of
       the rows with no communication (see :func:`sgperm`).
+    cycle_search: how cycles are searched (see :func:`find_cycles`):
+      ``"auto"``, ``"loop"``, ``"native"`` or ``"pallas"``; all give the
+      same result.
 
   Returns:
     The permuted weights, a tree like ``weights``; every row holds exactly
@@ -103,6 +109,7 @@ def permutation_step(key: jax.Array, weights: Any, recommendations: Any, *,
     ...                             lamda=1.0)["b"].tolist()
     [1.0, 0.0, 3.0, 2.0]
   """
+  check_method(cycle_search)
   specs = _layout.resolve_layout(layout, weights)
   leaves, treedef = jax.tree.flatten(weights)
   paths = _layout.leaf_paths(weights)
@@ -127,11 +134,12 @@ def permutation_step(key: jax.Array, weights: Any, recommendations: Any, *,
     return weights
   if mesh is None:
     new_rows = _permute_rows(key, moving, rows_w, rows_r, 0, alpha, lamda,
-                             partition_size_min, include_partition_remainder)
+                             partition_size_min, include_partition_remainder,
+                             cycle_search)
   else:
     new_rows = _permute_rows_sharded(
         mesh, key, moving, rows_w, rows_r, alpha, lamda, partition_size_min,
-        include_partition_remainder)
+        include_partition_remainder, cycle_search)
   out = list(leaves)
   for i, rows in zip(moving, new_rows):
     out[i] = _layout.from_rows(rows, spec_leaves[i], jnp.shape(leaves[i]))
@@ -192,6 +200,7 @@ def permute_by_recommendation(
     *,
     layout: _layout.LayoutSpec = "neurons",
     mesh: jax.sharding.Mesh | None = None,
+    cycle_search: str = "auto",
 ) -> optax.GradientTransformationExtraArgs:
   """Permutes the weights within each row, following the incoming updates.
 
@@ -230,6 +239,11 @@ def permute_by_recommendation(
       each device permutes its own rows in its own search loop: the step
       needs no communication, and gives the same result as without a mesh.
       List it in ``static_args`` of ``optax.inject_hyperparams``.
+    cycle_search: how the cycles are searched: ``"auto"`` (by platform: a
+      native kernel on CPU, Pallas on GPU), ``"loop"`` (portable
+      JAX), ``"native"`` or ``"pallas"``; see :func:`find_cycles`. Every
+      choice gives the same result, bit for bit. List it in ``static_args``
+      of ``optax.inject_hyperparams``.
 
   Returns:
     An optax ``GradientTransformationExtraArgs``.
@@ -250,6 +264,7 @@ def permute_by_recommendation(
   alpha_fn = aggressiveness(alpha0, beta1, alpha_min)
   lamda_fn = partition_ratio(lamda0, beta2, lamda_max)
   _layout.check_layout(layout)
+  check_method(cycle_search)
 
   def init_fn(params):
     specs = _layout.resolve_layout(layout, params)
@@ -276,7 +291,8 @@ def permute_by_recommendation(
         step_key, weights, updates, alpha=alpha_fn(state.count),
         lamda=lamda_fn(state.count), layout=layout,
         partition_size_min=partition_size_min,
-        include_partition_remainder=include_partition_remainder, mesh=mesh)
+        include_partition_remainder=include_partition_remainder, mesh=mesh,
+        cycle_search=cycle_search)
     new_updates = jax.tree.map(_delta, new_weights, params)
     return new_updates, PermutationState(
         count=optax.safe_increment(state.count), rng_key=key,
@@ -301,6 +317,7 @@ def sgperm(
     layout: _layout.LayoutSpec = "neurons",
     mu_dtype: Any = None,
     mesh: jax.sharding.Mesh | None = None,
+    cycle_search: str = "auto",
 ) -> optax.GradientTransformationExtraArgs:
   r"""Stochastic Gradient Permutation (Qiu & Suda, "Permute to Train").
 
@@ -337,6 +354,8 @@ def sgperm(
     mu_dtype: dtype of the momentum buffer; by default the params'.
     mesh: optional device mesh for sharded params, see
       :func:`permute_by_recommendation`.
+    cycle_search: ``"auto"``, ``"loop"``, ``"native"`` or ``"pallas"``, see
+      :func:`permute_by_recommendation`.
 
   Returns:
     An optax ``GradientTransformationExtraArgs``.
@@ -366,4 +385,4 @@ def sgperm(
       permute_by_recommendation(
           alpha0, lamda0, beta1, beta2, alpha_min, lamda_max,
           partition_size_min, include_partition_remainder, seed,
-          layout=layout, mesh=mesh))
+          layout=layout, mesh=mesh, cycle_search=cycle_search))

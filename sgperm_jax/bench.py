@@ -21,6 +21,8 @@ import numpy as np
 import optax
 
 from sgperm_jax import _layout
+from sgperm_jax import _native
+from sgperm_jax._cycles import SEARCH_METHODS
 from sgperm_jax._transform import sgperm
 
 
@@ -88,9 +90,20 @@ def _sort_floor(params, repeats):
   return _time(lambda: jax.block_until_ready(fn(params)), repeats)
 
 
+def search_used(method: str) -> str:
+  """The cycle search that ``method`` runs on the default backend."""
+  if method != "auto":
+    return method
+  platform = jax.default_backend()
+  if platform == "cpu":
+    return "native" if _native.available() else "loop"
+  return "pallas" if platform == "gpu" else "loop"
+
+
 def bench_model(name: str, ratios: list[float], repeats: int,
-                seed: int = 0) -> list[dict[str, Any]]:
-  """Times SGPerm (per partition ratio), Adam and the sort floor."""
+                seed: int = 0, methods: tuple[str, ...] = ("auto",)
+                ) -> list[dict[str, Any]]:
+  """Times SGPerm (per partition ratio and cycle search), Adam and the floor."""
   label, make = MODELS[name]
   params = make(jax.random.key(seed))
   grads = jax.tree.map(lambda p: jax.random.normal(jax.random.key(seed + 1),
@@ -100,33 +113,39 @@ def bench_model(name: str, ratios: list[float], repeats: int,
   floor = _sort_floor(params, repeats)
   rows = []
   for ratio in ratios:
-    # beta2 = 1 keeps the ratio fixed while timing.
-    step, box = _stepper(sgperm(lamda0=ratio, beta2=1.0), params, grads)
-    seconds = _time(step, repeats)
-    rows.append(dict(
-        model=label, params=sum(x.size for x in jax.tree.leaves(params)),
-        partition_ratio=ratio, sgperm_s=seconds, adam_s=adam,
-        sort_floor_s=floor, sgperm_over_floor=seconds / floor,
-        sgperm_over_adam=seconds / adam,
-        state_over_params=_nbytes(box[0]) / _nbytes(params),
-        platform=jax.default_backend()))
+    for method in methods:
+      # beta2 = 1 keeps the ratio fixed while timing.
+      step, box = _stepper(sgperm(lamda0=ratio, beta2=1.0,
+                                  cycle_search=method), params, grads)
+      seconds = _time(step, repeats)
+      rows.append(dict(
+          model=label, params=sum(x.size for x in jax.tree.leaves(params)),
+          partition_ratio=ratio, cycle_search=search_used(method),
+          sgperm_s=seconds, adam_s=adam,
+          sort_floor_s=floor, sgperm_over_floor=seconds / floor,
+          sgperm_over_adam=seconds / adam,
+          state_over_params=_nbytes(box[0]) / _nbytes(params),
+          platform=jax.default_backend()))
   return rows
 
 
 def bench_scaling(total: int, lengths: list[int], ratio: float,
-                  repeats: int) -> list[dict[str, Any]]:
+                  repeats: int, methods: tuple[str, ...] = ("auto",)
+                  ) -> list[dict[str, Any]]:
   """SGPerm step and sort floor for rows of growing length, fixed total."""
   out = []
   for n in lengths:
     rows = max(1, total // n)
     params = {"w": jax.random.normal(jax.random.key(n), (n, rows))}
     grads = {"w": jax.random.normal(jax.random.key(n + 1), (n, rows))}
-    step, _ = _stepper(sgperm(lamda0=ratio, beta2=1.0), params, grads)
-    seconds = _time(step, repeats)
     floor = _sort_floor(params, repeats)
-    out.append(dict(row_length=n, rows=rows, partition_ratio=ratio,
-                    sgperm_s=seconds, sort_floor_s=floor,
-                    sgperm_over_floor=seconds / floor))
+    for method in methods:
+      step, _ = _stepper(sgperm(lamda0=ratio, beta2=1.0, cycle_search=method),
+                         params, grads)
+      seconds = _time(step, repeats)
+      out.append(dict(row_length=n, rows=rows, partition_ratio=ratio,
+                      cycle_search=search_used(method), sgperm_s=seconds,
+                      sort_floor_s=floor, sgperm_over_floor=seconds / floor))
   return out
 
 
@@ -139,22 +158,24 @@ def format_tables(results: list[dict[str, Any]],
   """Markdown tables of :func:`bench_model` and :func:`bench_scaling` rows."""
   lines = [f"platform: {jax.default_backend()} ({jax.devices()[0].device_kind})",
            "",
-           "| model | params | ratio | SGPerm ms | Adam ms | sort floor ms |"
-           " SGPerm/floor | SGPerm/Adam | state/params |",
-           "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+           "| model | params | ratio | search | SGPerm ms | Adam ms |"
+           " sort floor ms | SGPerm/floor | SGPerm/Adam | state/params |",
+           "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
   for r in results:
     lines.append(
         f"| {r['model']} | {r['params']:,} | {r['partition_ratio']:g} |"
-        f" {_ms(r['sgperm_s'])} | {_ms(r['adam_s'])} |"
+        f" {r['cycle_search']} | {_ms(r['sgperm_s'])} | {_ms(r['adam_s'])} |"
         f" {_ms(r['sort_floor_s'])} | {r['sgperm_over_floor']:.1f}x |"
         f" {r['sgperm_over_adam']:.0f}x | {r['state_over_params']:.2f} |")
   if scaling:
-    lines += ["", "| row length | rows | ratio | SGPerm ms | sort floor ms |"
-              " SGPerm/floor |", "|---:|---:|---:|---:|---:|---:|"]
+    lines += ["", "| row length | rows | ratio | search | SGPerm ms |"
+              " sort floor ms | SGPerm/floor |",
+              "|---:|---:|---:|---|---:|---:|---:|"]
     for r in scaling:
       lines.append(
           f"| {r['row_length']:,} | {r['rows']:,} | {r['partition_ratio']:g} |"
-          f" {_ms(r['sgperm_s'])} | {_ms(r['sort_floor_s'])} |"
+          f" {r['cycle_search']} | {_ms(r['sgperm_s'])} |"
+          f" {_ms(r['sort_floor_s'])} |"
           f" {r['sgperm_over_floor']:.1f}x |")
   return "\n".join(lines)
 
@@ -167,6 +188,9 @@ def main(argv: list[str] | None = None) -> int:
                       help="comma-separated: " + ", ".join(MODELS))
   parser.add_argument("--ratios", default="0.01,0.1,1.0",
                       help="partition ratios (comma-separated)")
+  parser.add_argument("--cycle-search", default="auto",
+                      help="cycle searches to time, comma-separated: "
+                      + ", ".join(SEARCH_METHODS) + " (auto: by platform)")
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--scaling-total", type=int, default=1_000_000,
                       help="parameters in the scaling table (0: skip it)")
@@ -179,16 +203,24 @@ def main(argv: list[str] | None = None) -> int:
     lengths = [int(x) for x in args.scaling_lengths.split(",") if x]
   except ValueError as e:
     parser.error(str(e))
+  methods = tuple(m for m in args.cycle_search.split(",") if m)
+  unknown = [m for m in methods if m not in SEARCH_METHODS]
+  if unknown or not methods:
+    parser.error(f"--cycle-search: expected some of {SEARCH_METHODS},"
+                 f" got {args.cycle_search!r}")
+  if "native" in methods and not _native.available():
+    parser.error("--cycle-search native: the native kernel is unavailable"
+                 f" ({_native.load_error()})")
   bad = [m for m in models if m not in MODELS]
   if bad or any(not 0 <= r <= 1 for r in ratios) or args.repeats < 1:
     parser.error(f"unknown model(s) {bad}" if bad else
                  "ratios must lie in [0, 1] and --repeats must be >= 1")
   results = []
   for name in models:
-    results += bench_model(name, ratios, args.repeats)
+    results += bench_model(name, ratios, args.repeats, methods=methods)
     print(f"... {name} done", file=sys.stderr, flush=True)
-  scaling = (bench_scaling(args.scaling_total, lengths, 0.1, args.repeats)
-             if args.scaling_total > 0 else [])
+  scaling = (bench_scaling(args.scaling_total, lengths, 0.1, args.repeats,
+                           methods) if args.scaling_total > 0 else [])
   print(format_tables(results, scaling))
   if args.json:
     with open(args.json, "w", encoding="utf-8") as f:
