@@ -6,10 +6,12 @@ source a depth-first search walks out-edges closest first; reaching the source
 again closes a cycle, whose vertices are then "done". A failed search marks only
 its source done.
 
-The search runs every row at once in one ``lax.while_loop`` over fixed-size
-buffers: a row is a lane, its subsets are searched one after another, and each
-iteration does O(1) work per lane (one edge, one source, or one vertex of a
-closed cycle). Three facts keep it O(1):
+:func:`find_cycles` runs one of three searches with the same result: the
+native CPU kernel (``_native.py``), the Pallas kernel (``_cycles_pallas.py``)
+or the portable loop defined here. The loop runs every row at once in one
+``lax.while_loop`` over fixed-size buffers: a row is a lane, its subsets are
+searched one after another, and each iteration does O(1) work per lane (one
+edge, one source, or one vertex of a closed cycle). Three facts keep it O(1):
 
 * vertices not yet done are kept in a doubly linked list per row, so the walk
   never visits a done vertex;
@@ -19,6 +21,10 @@ closed cycle). Three facts keep it O(1):
   ``[a, b]`` around the source (each push of the next unseen vertex above
   ``b`` or below ``a`` widens it), so a walk that enters the interval jumps
   across it, unless the source is ahead in the interval and a target.
+
+Seen vertices outside that interval are stepped over one per iteration, so
+rows with many tied values and a wide reach take many iterations; the kernels
+skip every run of seen vertices at once.
 """
 
 from __future__ import annotations
@@ -385,7 +391,7 @@ def _pallas(partitions, graphs, interpret: bool) -> list[jax.Array]:
 
 
 def _on_platform(partitions, graphs, **branches) -> list[jax.Array]:
-  """Runs ``branches[platform](partitions, graphs)`` for the lowering platform."""
+  """``branches[platform](partitions, graphs)`` for the lowering platform."""
   def call(fn):
     return lambda parts, grs: fn(list(parts), list(grs))
   return lax.platform_dependent(
@@ -439,7 +445,7 @@ def find_cycles(partitions: Partition | Sequence[Partition],
     >>> sgperm_jax.find_cycles(p, g, method="loop").tolist()
     [[2, 0, 1]]
   """
-  check_method(method)
+  check_method(method, "method")
   single = isinstance(partitions, Partition)
   if single:
     partitions, graphs = [partitions], [graphs]
@@ -450,26 +456,24 @@ def find_cycles(partitions: Partition | Sequence[Partition],
     raise RuntimeError("find_cycles: method='native' needs the native CPU"
                        f" kernel, which is unavailable here:"
                        f" {_native_kernel.load_error()}")
-  loop = _loop
-  cpu = _native if _native_kernel.available() else _loop
   compiled = lambda p, g: _pallas(p, g, interpret=False)
-  interpreted = lambda p, g: _pallas(p, g, interpret=True)
   if method == "loop":
     out = _loop(partitions, graphs)
   elif method == "native":
     out = _native(partitions, graphs)
   elif method == "pallas":
     out = _on_platform(partitions, graphs, cuda=compiled, tpu=compiled,
-                       default=interpreted)
+                       default=lambda p, g: _pallas(p, g, interpret=True))
   else:
+    cpu = _native if _native_kernel.available() else _loop
     out = _on_platform(partitions, graphs, cpu=cpu, cuda=compiled,
-                       default=loop)
+                       default=_loop)
   out = list(out)
   return out[0] if single else out
 
 
-def check_method(method: str) -> None:
-  """Raises ValueError unless ``method`` names a cycle search."""
+def check_method(method: str, name: str = "cycle_search") -> None:
+  """Raises ValueError, naming argument ``name``, unless ``method`` is known."""
   if method not in SEARCH_METHODS:
-    raise ValueError(f"cycle_search: expected one of {SEARCH_METHODS},"
-                     f" got {method!r}")
+    raise ValueError(f"{name}: expected one of {SEARCH_METHODS}, got"
+                     f" {method!r}")

@@ -7,21 +7,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from hypothesis import given, settings
-from hypothesis import strategies as st
 from jax import lax
 
 import sgperm_jax
 from sgperm_jax import _native
 from sgperm_jax._layout import compute_dtype
 from tests import reference
+from tests import strategies
 
 _DISABLED = os.environ.get("SGPERM_JAX_NO_NATIVE", "") not in ("", "0")
 needs_native = pytest.mark.skipif(
     _DISABLED, reason="SGPERM_JAX_NO_NATIVE is set")
-
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16,
-           "float16": jnp.float16}
-
 
 def _magnitude(part):
   cdt = compute_dtype(part.recommendations.dtype)
@@ -51,36 +47,7 @@ def _check(w, r, size, alpha, remainder, seed):
   return np.asarray(native)
 
 
-def _random_rows(rng, rows, n, distinct, scale, zeros, special):
-  """Rows drawn from a small palette (ties) and recommendations with ties,
-  zeros and non-finite entries."""
-  palette = rng.normal(size=distinct) * scale
-  w = palette[rng.integers(0, distinct, size=(rows, n))]
-  r = rng.normal(size=(rows, n))
-  r = np.where(rng.random((rows, n)) < 0.3, np.round(r, 1), r)  # tied |r|
-  r[rng.random((rows, n)) < zeros] = 0.0
-  mask = rng.random((rows, n)) < special
-  r[mask] = rng.choice([np.nan, np.inf, -np.inf], size=mask.sum())
-  return w, r
-
-
-@st.composite
-def _rows(draw):
-  """Random small batches (few shapes: one compile each)."""
-  rows = draw(st.sampled_from([1, 3]))
-  n = draw(st.sampled_from([2, 5, 16, 40]))
-  dtype = draw(st.sampled_from(sorted(_DTYPES)))
-  seed = draw(st.integers(0, 2**31 - 1))
-  rng = np.random.default_rng(seed)
-  w, r = _random_rows(
-      rng, rows, n, distinct=draw(st.integers(1, n)),
-      scale=draw(st.sampled_from([1e-3, 1., 1e3])),
-      zeros=draw(st.floats(0, 0.5)), special=draw(st.floats(0, 0.2)))
-  size = draw(st.integers(1, n + 2))
-  alpha = draw(st.sampled_from([0.0, 0.01, 0.3, 1.0, 5.0]))
-  remainder = draw(st.booleans())
-  return (jnp.asarray(w, _DTYPES[dtype]), jnp.asarray(r, jnp.float32), size,
-          alpha, remainder, seed)
+_SHAPES = strategies.shapes([1, 3], [2, 5, 16, 40])
 
 
 def test_available():
@@ -100,7 +67,7 @@ def test_spec_example():
 
 @needs_native
 @settings(max_examples=80, deadline=None)
-@given(_rows())
+@given(strategies.stage_inputs(_SHAPES))
 def test_matches_portable_search(case):
   _check(*case)
 
@@ -117,7 +84,8 @@ _LONG = [(6, 784, 0.1, 0.01, 784), (6, 784, 0.1, 5.0, 7),
 def test_matches_portable_search_on_long_rows(rows, n, ratio, alpha, distinct):
   rng = np.random.default_rng(n + distinct)
   size = int(sgperm_jax.partition_size(ratio, n, 10))
-  w, r = _random_rows(rng, rows, n, distinct, 1.0, 0.05, 0.01)
+  w, r = strategies.random_rows(
+      rng, rows, n, distinct, 1.0, 0.05, 0.01, tied=0.3)
   succ = _check(jnp.asarray(w, jnp.float32), jnp.asarray(r, jnp.float32),
                 size, alpha, True, int(rng.integers(2**31)))
   assert np.any(succ != np.arange(n))  # cycles were found
@@ -129,7 +97,8 @@ def test_heavy_ties_match_oracle(distinct):
   """Many equal values and a wide reach (slow for the portable loop)."""
   rng = np.random.default_rng(distinct)
   n = 300
-  w, r = _random_rows(rng, 2, n, distinct, 1.0, 0.05, 0.01)
+  w, r = strategies.random_rows(
+      rng, 2, n, distinct, 1.0, 0.05, 0.01, tied=0.3)
   w = jnp.asarray(w, jnp.float32)
   for size, alpha in ((n, 0.495), (n, 5.0), (100, 0.3)):
     part = sgperm_jax.partition(jax.random.key(size), w,
@@ -149,7 +118,8 @@ def test_heavy_ties_match_oracle(distinct):
 def test_float64_magnitudes(x64):  # pylint: disable=unused-argument,redefined-outer-name
   rng = np.random.default_rng(64)
   for alpha in (0.0, 0.3):
-    w, r = _random_rows(rng, 3, 40, 12, 1.0, 0.1, 0.05)
+    w, r = strategies.random_rows(
+      rng, 3, 40, 12, 1.0, 0.1, 0.05, tied=0.3)
     r[0, :5] = [1e-310, -1e-310, 2e-310, 1e-300, -1e-320]  # subnormals
     w = jnp.asarray(w, jnp.float64)
     r = jnp.asarray(r, jnp.float64)
@@ -162,7 +132,8 @@ def test_float64_magnitudes(x64):  # pylint: disable=unused-argument,redefined-o
 @needs_native
 def test_vmap_and_jit():
   rng = np.random.default_rng(3)
-  w, r = _random_rows(rng, 8, 16, 16, 1.0, 0.1, 0.0)
+  w, r = strategies.random_rows(
+      rng, 8, 16, 16, 1.0, 0.1, 0.0, tied=0.3)
   w = jnp.asarray(w, jnp.float32).reshape(2, 4, 16)
   r = jnp.asarray(r, jnp.float32).reshape(2, 4, 16)
 

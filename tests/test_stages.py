@@ -6,35 +6,12 @@ import numpy as np
 import optax
 import pytest
 from hypothesis import given, settings
-from hypothesis import strategies as st
 
 import sgperm_jax
 from tests import reference
+from tests import strategies
 
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16,
-           "float16": jnp.float16}
-
-
-@st.composite
-def _rows(draw):
-  """Random rows with ties, zero and non-finite recommendations."""
-  rows = draw(st.sampled_from([1, 3]))  # few shapes: one compile each
-  n = draw(st.sampled_from([2, 5, 16, 33]))
-  dtype = draw(st.sampled_from(sorted(_DTYPES)))
-  distinct = draw(st.integers(1, n))  # few distinct values -> many ties
-  seed = draw(st.integers(0, 2**31 - 1))
-  rng = np.random.default_rng(seed)
-  palette = rng.normal(size=distinct) * draw(st.sampled_from([1e-3, 1., 1e3]))
-  w = palette[rng.integers(0, distinct, size=(rows, n))]
-  r = rng.normal(size=(rows, n))
-  r[rng.random((rows, n)) < draw(st.floats(0, 0.5))] = 0.0
-  special = rng.random((rows, n)) < draw(st.floats(0, 0.2))
-  r[special] = rng.choice([np.nan, np.inf, -np.inf], size=special.sum())
-  size = draw(st.integers(1, n + 2))
-  alpha = draw(st.sampled_from([0.0, 0.01, 0.3, 1.0, 5.0]))
-  remainder = draw(st.booleans())
-  w = jnp.asarray(w, _DTYPES[dtype])
-  return w, jnp.asarray(r, jnp.float32), size, alpha, remainder, seed
+_SHAPES = strategies.shapes([1, 3], [2, 5, 16, 33])
 
 
 @jax.jit
@@ -54,7 +31,7 @@ def _subsets(part, row):
 
 
 @settings(max_examples=40, deadline=None)
-@given(_rows())
+@given(strategies.stage_inputs(_SHAPES))
 def test_stages_match_oracle_on_the_same_partition(case):
   w, r, size, alpha, remainder, seed = case
   part, _, _, out = _stages(w, r, size, alpha, remainder, seed)
@@ -74,7 +51,7 @@ def test_stages_match_oracle_on_the_same_partition(case):
 
 
 @settings(max_examples=40, deadline=None)
-@given(_rows())
+@given(strategies.stage_inputs(_SHAPES))
 def test_partition_is_a_sorted_cover(case):
   w, r, size, alpha, remainder, seed = case
   part = _stages(w, r, size, alpha, remainder, seed)[0]
@@ -101,7 +78,7 @@ def test_partition_is_a_sorted_cover(case):
 
 
 @settings(max_examples=40, deadline=None)
-@given(_rows())
+@given(strategies.stage_inputs(_SHAPES))
 def test_invariants(case):
   """SPEC §4: exact multiset; each moved slot took a permissible value."""
   w, r, size, alpha, remainder, seed = case
