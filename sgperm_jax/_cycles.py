@@ -465,11 +465,32 @@ def find_cycles(partitions: Partition | Sequence[Partition],
     out = _on_platform(partitions, graphs, cuda=compiled, tpu=compiled,
                        default=lambda p, g: _pallas(p, g, interpret=True))
   else:
-    cpu = _native if _native_kernel.available() else _loop
-    out = _on_platform(partitions, graphs, cpu=cpu, cuda=compiled,
-                       default=_loop)
+    search = {"loop": _loop, "native": _native, "pallas": compiled}
+    out = _on_platform(partitions, graphs, cpu=search[auto_method("cpu")],
+                       cuda=search[auto_method("cuda")],
+                       default=search[auto_method("")])
   out = list(out)
   return out[0] if single else out
+
+
+def auto_method(platform: str) -> str:
+  """The search that ``method="auto"`` runs on ``platform``.
+
+  Args:
+    platform: ``"cpu"``, ``"cuda"`` (or ``"gpu"``), ``"tpu"``, ...
+
+  Returns:
+    ``"native"`` on CPU where the kernel is available, ``"pallas"`` on
+    CUDA GPUs, ``"loop"`` otherwise.
+
+  Example:
+    >>> import sgperm_jax
+    >>> sgperm_jax.auto_method("cuda"), sgperm_jax.auto_method("tpu")
+    ('pallas', 'loop')
+  """
+  if platform == "cpu":
+    return "native" if _native_kernel.available() else "loop"
+  return "pallas" if platform in ("cuda", "gpu") else "loop"
 
 
 def check_method(method: str, name: str = "cycle_search") -> None:

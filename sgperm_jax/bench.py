@@ -22,7 +22,7 @@ import optax
 
 from sgperm_jax import _layout
 from sgperm_jax import _native
-from sgperm_jax._cycles import SEARCH_METHODS
+from sgperm_jax._cycles import SEARCH_METHODS, auto_method
 from sgperm_jax._transform import sgperm
 
 
@@ -84,20 +84,15 @@ def _stepper(tx, params, grads):
   return step, box
 
 
+def _search_used(method: str) -> str:
+  """The cycle search that ``method`` runs on the default backend."""
+  return auto_method(jax.default_backend()) if method == "auto" else method
+
+
 def _sort_floor(params, repeats):
   fn = jax.jit(lambda p: [jnp.argsort(_layout.to_rows(x, "neurons"), axis=-1)
                           for x in jax.tree.leaves(p) if x.ndim >= 1])
   return _time(lambda: jax.block_until_ready(fn(params)), repeats)
-
-
-def search_used(method: str) -> str:
-  """The cycle search that ``method`` runs on the default backend."""
-  if method != "auto":
-    return method
-  platform = jax.default_backend()
-  if platform == "cpu":
-    return "native" if _native.available() else "loop"
-  return "pallas" if platform == "gpu" else "loop"
 
 
 def bench_model(name: str, ratios: list[float], repeats: int,
@@ -120,7 +115,7 @@ def bench_model(name: str, ratios: list[float], repeats: int,
       seconds = _time(step, repeats)
       rows.append(dict(
           model=label, params=sum(x.size for x in jax.tree.leaves(params)),
-          partition_ratio=ratio, cycle_search=search_used(method),
+          partition_ratio=ratio, cycle_search=_search_used(method),
           sgperm_s=seconds, adam_s=adam,
           sort_floor_s=floor, sgperm_over_floor=seconds / floor,
           sgperm_over_adam=seconds / adam,
@@ -144,7 +139,7 @@ def bench_scaling(total: int, lengths: list[int], ratio: float,
                          params, grads)
       seconds = _time(step, repeats)
       out.append(dict(row_length=n, rows=rows, partition_ratio=ratio,
-                      cycle_search=search_used(method), sgperm_s=seconds,
+                      cycle_search=_search_used(method), sgperm_s=seconds,
                       sort_floor_s=floor, sgperm_over_floor=seconds / floor))
   return out
 
