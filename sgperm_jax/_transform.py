@@ -242,8 +242,7 @@ def permute_by_recommendation(
     cycle_search: how the cycles are searched: ``"auto"`` (by platform: a
       native kernel on CPU, Pallas on GPU), ``"loop"`` (portable
       JAX), ``"native"`` or ``"pallas"``; see :func:`find_cycles`. Every
-      choice gives the same result, bit for bit. List it in ``static_args``
-      of ``optax.inject_hyperparams``.
+      choice gives the same result, bit for bit.
 
   Returns:
     An optax ``GradientTransformationExtraArgs``.
