@@ -188,6 +188,14 @@ void SolveRow(int32_t n, const int8_t* dir, const int32_t* reach_lo,
     }
     lo = hi;
     if (up_left == 0 || down_left == 0) continue;
+    auto retire = [&](int32_t v) {  // v is done: one fewer of its direction
+      if (dir[v] == 1) {
+        --up_left;
+      } else {
+        --down_left;
+      }
+      finish(v);
+    };
     // Decreasing magnitude, ties: larger position first.
     std::sort(sources, sources + count, std::greater<Key>());
 
@@ -209,12 +217,7 @@ void SolveRow(int32_t n, const int8_t* dir, const int32_t* reach_lo,
         const int32_t hi_u = Clamp(reach_hi[u], 0, n);
         if (u_up ? cur >= hi_u : cur < lo_u) {  // edges of u exhausted
           if (--depth == 0) {  // the source fails: it alone is done
-            if (dir[s] == 1) {
-              --up_left;
-            } else {
-              --down_left;
-            }
-            finish(s);
+            retire(s);
             break;
           }
           continue;
@@ -223,20 +226,14 @@ void SolveRow(int32_t n, const int8_t* dir, const int32_t* reach_lo,
           // The walk would step over the seen run from cur on, unless it
           // meets the source there as a target.
           const int32_t root = find(cur);
-          const bool source_ahead =
-              u_up ? (s >= cur && s <= run_hi[root] && s < hi_u)
-                   : (s <= cur && s >= run_lo[root] && s >= lo_u);
+          const bool source_ahead = u_up ? (s >= cur && s <= run_hi[root])
+                                         : (s <= cur && s >= run_lo[root]);
           if (source_ahead && s >= lo_u && s < hi_u) {
             // The cycle is stack[0..depth).
             for (int32_t i = 0; i < depth; ++i) {
               const int32_t v = stack[i];
               succ[v] = stack[i + 1 < depth ? i + 1 : 0];
-              if (dir[v] == 1) {
-                --up_left;
-              } else {
-                --down_left;
-              }
-              finish(v);
+              retire(v);
             }
             break;
           }
