@@ -1,6 +1,6 @@
 """Builds the optional native cycle search, ``sgperm_jax._sgperm_native``.
 
-The C++ source (``csrc/sgperm_cycles.cc``) is an XLA FFI handler; it needs the
+The C++ sources (``csrc/*.cc``) are XLA FFI handlers; it needs the
 FFI headers that ship with jaxlib (``jaxlib/include``), found here without
 importing jax. The extension is optional: without a compiler or jaxlib the
 build goes on and ``sgperm_jax`` uses its portable search. The library is
@@ -58,14 +58,14 @@ def _extensions():
   if sys.platform == "win32":
     args = ["/O2", "/std:c++17"]
   else:
-    args = ["-O3", "-std=c++17"]
+    args = ["-O3", "-std=c++17", "-ffp-contract=off"]
   return [Extension(
       "sgperm_jax._sgperm_native",
-      sources=["csrc/sgperm_cycles.cc"],
+      sources=["csrc/sgperm_cycles.cc", "csrc/sgperm_rows.cc"],
       include_dirs=[include],
       language="c++",
       extra_compile_args=args,
-      export_symbols=["SgpermFindCycles"],
+      export_symbols=["SgpermFindCycles", "SgpermPermuteLeaves"],
       optional=True)]
 
 

@@ -24,9 +24,9 @@ from sgperm_jax._recommendation import recommend
 from sgperm_jax._schedules import aggressiveness
 from sgperm_jax._schedules import partition_ratio
 from sgperm_jax._switch import SwitchState
+from sgperm_jax._step import permutation_step
 from sgperm_jax._switch import switch_after
 from sgperm_jax._transform import PermutationState
-from sgperm_jax._transform import permutation_step
 from sgperm_jax._transform import permute_by_recommendation
 from sgperm_jax._transform import sgperm
 

@@ -61,9 +61,9 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 from jax.experimental.pallas import triton as pl_triton
 
+from sgperm_jax._cycles_common import DONE_MARK as _DONE_MARK
+from sgperm_jax._cycles_common import source_order
 from sgperm_jax._graph import DOWN, UP
-
-_DONE_MARK = -1  # ``next[v]`` of a done vertex
 _RUNNING, _CLOSED, _FAILED = 0, 1, 2  # outcome of a search
 _N_TABLES = 5  # direction, reach_lo, reach_hi, subset_hi, sources
 _N_BUFFERS = 11  # successor and the ten buffers the search writes
@@ -505,3 +505,27 @@ def find_cycles_pallas(direction: jax.Array, reach_lo: jax.Array,
   return lax.platform_dependent(
       *tables, tpu=lambda *t: _tpu_call(list(t), interpret=False),
       default=lambda *t: _triton_call(list(t), interpret=False))
+
+
+def find_cycles_batches(partitions, graphs, flavour: str) -> list[jax.Array]:
+  """The successors of every batch, one kernel call each.
+
+  Args:
+    partitions: :class:`~sgperm_jax.Partition` batches.
+    graphs: their :class:`~sgperm_jax.PermissibilityGraph`.
+    flavour: ``"triton"`` (GPU), ``"mosaic"`` (TPU) or ``"interpret"`` (the
+      GPU flavour in the Pallas interpreter, on any backend).
+  """
+  out = []
+  for part, graph in zip(partitions, graphs):
+    tables = [x.astype(jnp.int32) for x in (
+        graph.direction, graph.reach_lo, graph.reach_hi, part.subset_hi,
+        source_order(part, graph))]
+    rows, n = tables[0].shape
+    if rows * n == 0:
+      out.append(jnp.zeros((rows, n), jnp.int32))
+    elif flavour == "mosaic":
+      out.append(_tpu_call(tables, interpret=False))
+    else:
+      out.append(_triton_call(tables, interpret=flavour == "interpret"))
+  return out

@@ -74,8 +74,9 @@ def permissibility_graph(partition: Partition, alpha: chex.Numeric,
   Args:
     partition: rows in sorted layout, from :func:`partition`.
     alpha: aggressiveness ``alpha_t``.
-    value_range: ``A`` per row, shape ``(rows,)``; by default
-      ``max(row) - min(row)`` (a permutation never changes it).
+    value_range: ``A`` per row, shape ``(rows,)`` (or one per vertex,
+      ``(rows, n)``, where a line of the arrays holds several rows); by
+      default ``max(row) - min(row)`` (a permutation never changes it).
 
   Returns:
     A :class:`PermissibilityGraph`.
@@ -92,8 +93,11 @@ def permissibility_graph(partition: Partition, alpha: chex.Numeric,
   v = partition.values.astype(cdt)
   if value_range is None:
     value_range = jnp.max(v, axis=-1) - jnp.min(v, axis=-1)
+  value_range = jnp.asarray(value_range)
+  if value_range.ndim == 1:
+    value_range = value_range[:, None]
   m = subset_counts(partition, partition.active)
-  eps = value_range.astype(cdt)[:, None] * (
+  eps = value_range.astype(cdt) * (
       jnp.asarray(alpha).astype(cdt) + 1 / jnp.maximum(m, 1).astype(cdt))
   pos = lax.broadcasted_iota(jnp.int32, v.shape, 1)
   r = partition.recommendations

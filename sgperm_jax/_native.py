@@ -1,15 +1,21 @@
-"""Native CPU cycle search: an XLA FFI custom call into ``csrc/sgperm_cycles.cc``.
+"""Native CPU kernels: XLA FFI custom calls into ``csrc/``.
 
-On XLA:CPU the portable search (a ``lax.while_loop`` in ``_cycles.py``) pays per
-iteration; the same algorithm as a sequential C++ loop runs in a few
-milliseconds. The shared library ``_sgperm_native*.so`` is built at install
-time as an optional extension (see ``setup.py``); when it is missing or does
-not load (no compiler at install time, say) :func:`available` is False and
-the portable path is used. Setting the environment variable
-``SGPERM_JAX_NO_NATIVE=1`` disables it too.
+On XLA:CPU the JAX stages pay per operation and per iteration; the same
+algorithms as sequential C++ loops are many times faster. Two kernels:
 
-The kernel computes the sources' order and the cycles together and gives
-exactly the successors of :func:`sgperm_jax.find_cycles`.
+* ``sgperm_find_cycles`` (``csrc/sgperm_cycles.cc``): the sources' order and
+  the cycle search of one batch of rows, exactly the successors of
+  :func:`sgperm_jax.find_cycles` (:func:`find_cycles_native`);
+* ``sgperm_permute_leaves`` (``csrc/sgperm_rows.cc``): a whole permutation
+  step of every row of many leaves, the rows given as strided views of the
+  leaves, exactly what the four JAX stages compute
+  (:func:`permute_leaves_native`).
+
+The shared library ``_sgperm_native*.so`` is built at install time as an
+optional extension (see ``setup.py``); when it is missing or does not load
+(no compiler at install time, say) :func:`available` is False and the JAX
+stages are used. Setting the environment variable ``SGPERM_JAX_NO_NATIVE=1``
+disables it too.
 """
 
 from __future__ import annotations
@@ -23,8 +29,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-_TARGET = "sgperm_find_cycles"
-_SYMBOL = "SgpermFindCycles"
+_TARGETS = {"sgperm_find_cycles": "SgpermFindCycles",
+            "sgperm_permute_leaves": "SgpermPermuteLeaves"}
 _lock = threading.Lock()
 _state: dict[str, object] = {}
 
@@ -55,9 +61,10 @@ def _load() -> bool:
       else:
         try:
           lib = ctypes.cdll.LoadLibrary(path)
-          jax.ffi.register_ffi_target(
-              _TARGET, jax.ffi.pycapsule(getattr(lib, _SYMBOL)),
-              platform="cpu")
+          for target, symbol in _TARGETS.items():
+            jax.ffi.register_ffi_target(
+                target, jax.ffi.pycapsule(getattr(lib, symbol)),
+                platform="cpu")
           _state["lib"] = lib  # keep it loaded
           ok = True
         except Exception as e:  # pylint: disable=broad-except
@@ -135,6 +142,68 @@ def find_cycles_native(direction: jax.Array, reach_lo: jax.Array,
     raise ValueError("direction: expected (rows, n), got a scalar")
   if int(np.prod(shape)) == 0:
     return jnp.zeros(shape, jnp.int32)
-  call = jax.ffi.ffi_call(_TARGET, jax.ShapeDtypeStruct(shape, jnp.int32),
+  call = jax.ffi.ffi_call("sgperm_find_cycles",
+                          jax.ShapeDtypeStruct(shape, jnp.int32),
                           vmap_method="broadcast_all")
   return call(*args)
+
+
+def permute_leaves_native(weights: list[jax.Array], recommendations:
+                          list[jax.Array], *, offset: np.ndarray,
+                          stride: np.ndarray, length: np.ndarray,
+                          leaf: np.ndarray, size: jax.Array, keys: jax.Array,
+                          alpha: jax.Array, include_remainder: jax.Array,
+                          initial: list[jax.Array] | None = None,
+                          started: jax.Array | bool = True
+                          ) -> tuple[list[jax.Array], list[jax.Array] | None]:
+  """A whole permutation step of every row of ``weights``, natively on CPU.
+
+  Row ``i`` is ``weights[leaf[i]].ravel()[offset[i] + p * stride[i]]`` for
+  ``p`` below ``length[i]``; every entry of a leaf must belong to exactly
+  one row. The result is bit-identical to :func:`sgperm_jax.partition`
+  (each row's shuffle drawn from ``jax.random.bits(key, (n,), jnp.uint32)``
+  of its own key), :func:`sgperm_jax.permissibility_graph`,
+  :func:`sgperm_jax.find_cycles` and :func:`sgperm_jax.permute` run on the
+  rows. CPU only; under ``vmap`` the kernel runs once per batch entry.
+
+  Args:
+    weights: the leaves, all of one dtype (float16, bfloat16, float32 or
+      float64).
+    recommendations: one per leaf, of its shape, all of one float dtype.
+    offset: ``(R,)`` where each row starts in its leaf.
+    stride: ``(R,)`` distance between a row's consecutive positions.
+    length: ``(R,)`` each row's length.
+    leaf: ``(R,)`` each row's leaf.
+    size: ``(R,)`` int32 partition sizes, in ``[1, length]``.
+    keys: ``(R, 2)`` uint32 threefry key data, one key per row.
+    alpha: aggressiveness, a scalar (cast to the values' compute dtype).
+    include_remainder: whether a shorter last chunk takes part.
+    initial: optional leaves like ``weights``; with them, the updates that
+      move ``initial`` onto the permuted weights are returned too.
+    started: whether to permute ``weights``; if False, ``initial``.
+
+  Returns:
+    The permuted leaves, and the updates (None without ``initial``).
+
+  Raises:
+    RuntimeError: the native library is not available.
+  """
+  if not available():
+    raise RuntimeError(f"sgperm_jax native kernel unavailable: {load_error()}")
+  cdt = jnp.promote_types(weights[0].dtype, jnp.float32)
+  results = [jax.ShapeDtypeStruct(w.shape, w.dtype) for w in weights]
+  if initial is not None:
+    results = results * 2
+  call = jax.ffi.ffi_call("sgperm_permute_leaves", results,
+                          vmap_method="sequential")
+  leaves = []
+  for k, (w, r) in enumerate(zip(weights, recommendations)):
+    leaves += [w, w if initial is None else initial[k], r]
+  out = call(jnp.asarray(offset, jnp.int64), jnp.asarray(stride, jnp.int64),
+             jnp.asarray(length, jnp.int32), jnp.asarray(leaf, jnp.int32),
+             jnp.asarray(size, jnp.int32), jnp.asarray(keys, jnp.uint32),
+             jnp.asarray(alpha, cdt), jnp.asarray(include_remainder, bool),
+             jnp.asarray(started, bool), *leaves)
+  out = list(out)
+  count = len(weights)
+  return out[:count], (out[count:] if initial is not None else None)

@@ -1,18 +1,26 @@
 """Partition: cut each row into random subsets and sort every subset by value.
 
-SPEC §3.1-§3.4. With partition size ``P = max(partition_size_min,
-floor(lamda * n))`` a row is one subset in natural order when ``P >= n``;
-otherwise its positions are shuffled uniformly at random and cut into chunks
-of ``P`` (a shorter last chunk takes part only if asked). Each subset is then
-ordered by value, ascending and stably (ties keep their order in the
-subset). On CPU and GPU both orders come from sorts of one packed integer key
-(see ``_sorting.py``). The result is the *sorted layout* that the later
-stages work in: position ``j`` of a row holds the ``j``-th vertex, subsets are
-consecutive.
+With partition size ``P = max(partition_size_min, floor(lamda * n))`` a row is
+one subset in natural order when ``P >= n``; otherwise its positions are
+shuffled uniformly at random and cut into chunks of ``P`` (a shorter last
+chunk takes part only if asked). Each subset is then ordered by value,
+ascending and stably (ties keep their order in the subset). The result is the
+*sorted layout* that the later stages work in: subsets are consecutive, and
+position ``j`` holds the ``j``-th vertex.
+
+The stages run on a 2-D array of *tiles*. For :func:`partition` a tile is one
+row; inside the optimizer a tile holds several whole rows of any leaves, back
+to back (see ``_packing.py``), and every slot knows where its row starts, how
+long it is and its partition size. Both orders are one sort each, of the
+whole buffer: the shuffle by ``(row start, random bits, column)``, the
+subsets by ``(subset start, value, column)``. On CPU and GPU each key is
+packed into one integer (see ``_sorting.py``).
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import NamedTuple
 
 import chex
@@ -46,9 +54,11 @@ def sort_key(values: jax.Array) -> jax.Array:
   return key.astype(jnp.promote_types(bits, jnp.int32))
 
 
-def partition_size(lamda: chex.Numeric, n: int,
+def partition_size(lamda: chex.Numeric, n: chex.Numeric,
                    partition_size_min: chex.Numeric) -> jax.Array:
-  """``min(n, max(partition_size_min, floor(lamda * n)))`` as an int32 scalar.
+  """``min(n, max(partition_size_min, floor(lamda * n)))`` as int32.
+
+  ``n`` may be an array of row lengths (one size each).
 
   Example:
     >>> import sgperm_jax
@@ -60,72 +70,163 @@ def partition_size(lamda: chex.Numeric, n: int,
   return jnp.clip(p, 1, n)
 
 
-def _shuffle_packed(bits: jax.Array) -> jax.Array:
-  """Positions by ``(bits, position)``: one sort of ``bits << k | position``."""
-  k = position_bits(bits.shape[1])
-  with wide_ints():
-    pos = lax.broadcasted_iota(jnp.int64, bits.shape, 1)
-    packed = lax.sort(lax.shift_left(bits.astype(jnp.int64), jnp.int64(k))
-                      | pos, dimension=1)
-    return (packed & jnp.int64((1 << k) - 1)).astype(jnp.int32)
+# --------------------------------------------------------------- sorting
 
 
-def _shuffle_portable(bits: jax.Array) -> jax.Array:
-  """Positions by ``(bits, position)``: a stable sort carrying positions."""
-  pos = lax.broadcasted_iota(jnp.int32, bits.shape, 1)
-  return lax.sort((bits, pos), dimension=1, num_keys=1, is_stable=True)[1]
+def _ordered_packed(major: jax.Array, key: jax.Array, column: jax.Array,
+                    size: jax.Array, shared: bool) -> jax.Array:
+  """:func:`_ordered_portable` as one sort of a single ``int64`` array.
 
-
-def _shuffle(key: jax.Array, row_ids: jax.Array, n: int) -> jax.Array:
-  """A uniformly random permutation of ``range(n)`` for each row.
-
-  Row ``j`` draws from ``fold_in(key, row_ids[j])``, so a row's partition does
-  not depend on which other rows are computed with it (or on which device).
-  Positions are ordered by 32 random bits, ties by position.
-  """
-  bits = jax.vmap(lambda i: jax.random.bits(jax.random.fold_in(key, i), (n,),
-                                            jnp.uint32))(row_ids)
-  return by_platform(_shuffle_packed, _shuffle_portable, bits)
-
-
-def _chunk_sort_packed(keys: jax.Array, size: jax.Array
-                       ) -> tuple[jax.Array, jax.Array]:
-  """:func:`_chunk_sort_portable` as one sort of a single ``int64`` array.
-
-  The key ``(chunk * 2**32 + key + 2**31) * size + i % size`` (below
-  ``2 n 2**32``) orders like ``(chunk, key, i)`` for int32 ``keys``.
+  With rows sharing tiles (``shared``), ``major << (32 + k) | key << k |
+  column`` for ``k`` bits of a column (``2 k + 32 <= 63``). With a row per
+  tile, ``major`` is a multiple of ``size`` and ``column - major < size``, so
+  ``((major / size) << 32 | key) * size + column - major`` (below
+  ``width * 2**32``) orders the same for any width below ``2**31``.
   """
   with wide_ints():
-    i = lax.broadcasted_iota(jnp.int64, keys.shape, 1)
-    p = size.astype(jnp.int64)
-    packed = ((i // p) * jnp.int64(1 << 32) + keys.astype(jnp.int64)
-              + jnp.int64(1 << 31)) * p + i % p
-    packed = lax.sort(packed, dimension=1)
-    chunk = lax.shift_right_arithmetic(packed // p, jnp.int64(32))
-    return ((chunk * p + packed % p).astype(jnp.int32),
-            chunk.astype(jnp.int32))
+    major = major.astype(jnp.int64)
+    key = key.astype(jnp.int64)
+    column = column.astype(jnp.int64)
+    if shared:
+      k = position_bits(column.shape[-1])
+      packed = lax.sort(lax.shift_left(major, jnp.int64(32 + k))
+                        | lax.shift_left(key, jnp.int64(k)) | column,
+                        dimension=1)
+      return (packed & jnp.int64((1 << k) - 1)).astype(jnp.int32)
+    size = size.astype(jnp.int64)
+    packed = lax.sort((lax.shift_left(major // size, jnp.int64(32)) | key)
+                      * size + column - major, dimension=1)
+    # Every slot of a sorted subset has its subset's size: read it in place.
+    return (lax.shift_right_logical(packed // size, jnp.int64(32)) * size
+            + packed % size).astype(jnp.int32)
 
 
-def _chunk_sort_portable(keys: jax.Array, size: jax.Array
-                         ) -> tuple[jax.Array, jax.Array]:
-  """Sorts shuffled positions ``i`` by ``(chunk, key, i)``, chunk ``i // size``.
+def _ordered_portable(major: jax.Array, key: jax.Array, column: jax.Array,
+                      size: jax.Array, shared: bool) -> jax.Array:
+  """Columns ordered by ``(major, key, column)``: a sort of the tuple."""
+  del size, shared
+  return lax.sort((major, key, column), dimension=1, num_keys=3)[2]
+
+
+def unsigned_key(key: jax.Array) -> jax.Array:
+  """``uint32`` keys that order like the 32-bit (or narrower) ``key``."""
+  if jnp.issubdtype(key.dtype, jnp.unsignedinteger):
+    return key.astype(jnp.uint32)
+  unsigned = lax.bitcast_convert_type(key.astype(jnp.int32), jnp.uint32)
+  return unsigned ^ jnp.uint32(1 << 31)
+
+
+def _ordered(major, key, column, size, shared) -> jax.Array:
+  """For each position, the column that ``(major, key, column)`` puts there.
+
+  ``key``: 32-bit keys (``uint32``, see :func:`unsigned_key`), or 64-bit
+  keys, which only the tuple sort takes.
+  """
+  if key.dtype.itemsize > 4:
+    return _ordered_portable(major, key, column, size, shared)
+  return by_platform(functools.partial(_ordered_packed, shared=shared),
+                     functools.partial(_ordered_portable, shared=shared),
+                     major, key, column, size)
+
+
+# --------------------------------------------------------------- randomness
+
+
+def _is_threefry(keys: jax.Array) -> bool:
+  return str(jax.random.key_impl(keys)) == "threefry2x32"
+
+
+def slot_bits(row_keys: jax.Array, row: jax.Array, position: jax.Array
+              ) -> jax.Array:
+  """32 random bits for every slot: bit ``position`` of its row's stream.
+
+  Slot ``(row, position)`` gets ``jax.random.bits(row_keys[row], (n,),
+  jnp.uint32)[position]`` (with JAX's default, partitionable threefry), which
+  depends on neither the row's length nor the other rows.
 
   Args:
-    keys: ``(rows, n)`` integer value keys in shuffled order.
-    size: the partition size.
+    row_keys: typed PRNG keys, one per row, ``(rows,)``.
+    row: ``(tiles, width)`` int32 row of each slot (clipped to the keys).
+    position: ``(tiles, width)`` int32 position of each slot in its row.
+  """
+  row = jnp.clip(row, 0, row_keys.shape[0] - 1)
+  if _is_threefry(row_keys):
+    # jax.extend imports Pallas: only when bits are drawn.
+    from jax.extend.random import threefry2x32_p  # pylint: disable=import-outside-toplevel
+    data = jax.random.key_data(row_keys)
+    k1, k2 = data[row, 0], data[row, 1]
+    b1, b2 = threefry2x32_p.bind(k1, k2, jnp.zeros_like(k1),
+                                 position.astype(jnp.uint32))
+    return b1 ^ b2
+  width = position.shape[-1]
+  every = jax.vmap(lambda k: jax.random.bits(k, (width,), jnp.uint32))(
+      row_keys)
+  return every[row, position]
+
+
+def typed_key(key: jax.Array) -> jax.Array:
+  """``key`` as a typed key (raw ``uint32`` keys under the default impl)."""
+  if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+    return key
+  return jax.random.wrap_key_data(key)
+
+
+# ------------------------------------------------------------------ stage
+
+
+def partition_tiles(values: jax.Array, recommendations: jax.Array, *,
+                    start: jax.Array, length: jax.Array, size: jax.Array,
+                    valid: jax.Array, include_remainder: chex.Numeric,
+                    bits: Callable[[], jax.Array], shared: bool
+                    ) -> Partition:
+  """:func:`partition` of rows laid side by side in tiles.
+
+  Every argument is ``(tiles, width)``, one entry per slot; slots of one row
+  are consecutive in their tile, in the row's order.
+
+  Args:
+    values: the weights.
+    recommendations: the recommendations (``r > 0``: wants smaller).
+    start: column where the slot's row starts.
+    length: the row's length ``n``.
+    size: the row's partition size, in ``[1, n]``.
+    valid: False for padding (inactive, never moved).
+    include_remainder: whether a shorter last chunk takes part.
+    bits: computes 32 random bits per slot (called only if some row is
+      shuffled); a row is shuffled by sorting its bits, ties by position.
+    shared: whether tiles may hold several rows; if not, ``start`` is 0.
 
   Returns:
-    In sorted order, each entry's shuffled position and its chunk.
+    A :class:`Partition` of the tiles: positions are columns of the tile.
   """
-  i = lax.broadcasted_iota(jnp.int32, keys.shape, 1)
-  chunk, _, where = lax.sort((i // size, keys, i), dimension=1, num_keys=3)
-  return where, chunk
+  column = lax.broadcasted_iota(jnp.int32, values.shape, 1)
+  shuffles = size < length
+  width = jnp.full_like(column, values.shape[1])
+
+  def shuffled():
+    b = jnp.where(shuffles, bits(), jnp.uint32(0))
+    return _ordered(start, b, column, width, shared)
+
+  perm = lax.cond(jnp.any(shuffles), shuffled, lambda: column)
+  keys = sort_key(jnp.take_along_axis(values, perm, axis=1))
+  if keys.dtype.itemsize <= 4:
+    keys = unsigned_key(keys)
+  lo = start + (column - start) // size * size
+  where = _ordered(lo, keys, column, size, shared)
+  order = jnp.take_along_axis(perm, where, axis=1)
+  v = jnp.take_along_axis(values, order, axis=1)
+  r = jnp.take_along_axis(recommendations, order, axis=1)
+  hi = jnp.minimum(lo + size, start + length)
+  active = (r != 0) & jnp.isfinite(r) & valid
+  active &= jnp.asarray(include_remainder, bool) | (hi - lo == size)
+  return Partition(order=order, values=v, recommendations=r,
+                   subset_lo=lo, subset_hi=hi, active=active)
 
 
 def partition(key: jax.Array, values: jax.Array, recommendations: jax.Array,
               size: chex.Numeric, include_remainder: chex.Numeric = True,
               row_ids: jax.Array | None = None) -> Partition:
-  """Randomly partitions rows and sorts each subset by value (SPEC §3.1-4).
+  """Randomly partitions rows and sorts each subset by value.
 
   Args:
     key: PRNG key; every row gets its own shuffle.
@@ -135,7 +236,9 @@ def partition(key: jax.Array, values: jax.Array, recommendations: jax.Array,
     size: partition size ``P`` (see :func:`partition_size`); may be traced.
     include_remainder: whether a shorter last chunk takes part.
     row_ids: ``(rows,)`` ids that seed each row's shuffle (default
-      ``0..rows-1``); a row with the same key and id is always cut the same.
+      ``0..rows-1``); a row with the same key and id is always cut the same:
+      its positions are ordered by ``jax.random.bits(fold_in(key, id), (n,),
+      jnp.uint32)``, ties by position.
 
   Returns:
     A :class:`Partition` in sorted layout.
@@ -148,23 +251,21 @@ def partition(key: jax.Array, values: jax.Array, recommendations: jax.Array,
     ([[1.0, 2.0, 3.0]], [[1, 2, 0]], [[False, True, True]])
   """
   rows, n = values.shape
-  size = jnp.clip(jnp.asarray(size, jnp.int32), 1, n)
-  iota = lax.broadcasted_iota(jnp.int32, (rows, n), 1)
+  shape = (rows, n)
   if row_ids is None:
     row_ids = jnp.arange(rows, dtype=jnp.int32)
-  perm = lax.cond(size >= n, lambda: iota, lambda: _shuffle(key, row_ids, n))
-  keys = sort_key(jnp.take_along_axis(values, perm, axis=1))
-  if keys.dtype.itemsize <= 4:
-    where, subset = by_platform(_chunk_sort_packed, _chunk_sort_portable,
-                                keys, size)
-  else:  # float64: 64-bit keys leave no room to pack
-    where, subset = _chunk_sort_portable(keys, size)
-  order = jnp.take_along_axis(perm, where, axis=1)
-  v = jnp.take_along_axis(values, order, axis=1)
-  r = jnp.take_along_axis(recommendations, order, axis=1)
-  lo = subset * size
-  hi = jnp.minimum(lo + size, n)
-  active = (r != 0) & jnp.isfinite(r)
-  active &= jnp.asarray(include_remainder, bool) | (hi - lo == size)
-  return Partition(order=order, values=v, recommendations=r,
-                   subset_lo=lo, subset_hi=hi, active=active)
+  key = typed_key(key)
+  position = lax.broadcasted_iota(jnp.int32, shape, 1)
+  row = lax.broadcasted_iota(jnp.int32, shape, 0)
+
+  def bits():
+    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(row_ids)
+    return slot_bits(keys, row, position)
+
+  size = jnp.clip(jnp.asarray(size, jnp.int32), 1, max(n, 1))
+  return partition_tiles(
+      values, recommendations, start=jnp.zeros(shape, jnp.int32),
+      length=jnp.full(shape, n, jnp.int32),
+      size=jnp.broadcast_to(size, shape), valid=jnp.ones(shape, bool),
+      include_remainder=include_remainder, bits=bits,
+      shared=position_bits(n) * 2 + 32 <= 63)

@@ -13,150 +13,13 @@ import chex
 import jax
 import jax.numpy as jnp
 import optax
-from jax import lax
-from jax.sharding import PartitionSpec as P
 
 from sgperm_jax import _checks
 from sgperm_jax import _layout
-from sgperm_jax._cycles import check_method, find_cycles
-from sgperm_jax._graph import permissibility_graph
-from sgperm_jax._partition import partition, partition_size
-from sgperm_jax._permute import permute
+from sgperm_jax._cycles import check_method
 from sgperm_jax._recommendation import momentum_recommendation
 from sgperm_jax._schedules import aggressiveness, partition_ratio
-
-
-def _permute_rows(key, leaf_ids, rows_w, rows_r, row_offset, alpha, lamda,
-                  partition_size_min, include_remainder, cycle_search):
-  """The four stages on lists of ``(rows, n)`` batches, one cycle search."""
-  parts, graphs = [], []
-  for i, w, r in zip(leaf_ids, rows_w, rows_r):
-    size = partition_size(lamda, w.shape[1], partition_size_min)
-    row_ids = row_offset + jnp.arange(w.shape[0], dtype=jnp.int32)
-    part = partition(jax.random.fold_in(key, i), w, r, size,
-                     include_remainder, row_ids=row_ids)
-    parts.append(part)
-    graphs.append(permissibility_graph(part, alpha))
-  cycles = find_cycles(parts, graphs, method=cycle_search)
-  return [permute(p, s) for p, s in zip(parts, cycles)]
-
-
-def _permute_rows_sharded(mesh, key, leaf_ids, rows_w, rows_r, alpha, lamda,
-                          partition_size_min, include_remainder, cycle_search):
-  """Like :func:`_permute_rows`, each device on its own rows, no collectives.
-
-  Batches whose row count divides the device count are split by rows over
-  every axis of ``mesh``; the others are computed whole on every device.
-  Rows are independent and draw their randomness from their global index, so
-  the result equals the single-device one bit for bit.
-  """
-  axes = tuple(mesh.axis_names)
-  split = [w.shape[0] % mesh.size == 0 for w in rows_w]
-  row_spec = [P(axes, None) if sp else P() for sp in split]
-  scalars = [jnp.asarray(x) for x in (alpha, lamda, partition_size_min,
-                                      include_remainder)]
-
-  def local(key, rows_w, rows_r, scalars):
-    device = lax.axis_index(axes)
-    out = []
-    for sp, w, r, i in zip(split, rows_w, rows_r, leaf_ids):
-      offset = device * w.shape[0] if sp else 0
-      out.extend(_permute_rows(key, [i], [w], [r], offset, *scalars,
-                               cycle_search))
-    return out
-
-  return jax.shard_map(
-      local, mesh=mesh, in_specs=(P(), row_spec, row_spec, [P()] * 4),
-      out_specs=row_spec, check_vma=False)(key, rows_w, rows_r, scalars)
-
-
-def permutation_step(key: jax.Array, weights: Any, recommendations: Any, *,
-                     alpha: chex.Numeric, lamda: chex.Numeric,
-                     layout: _layout.LayoutSpec = "neurons",
-                     partition_size_min: chex.Numeric = 10,
-                     include_partition_remainder: chex.Numeric = True,
-                     mesh: jax.sharding.Mesh | None = None,
-                     cycle_search: str = "auto") -> Any:
-  """One SGPerm permutation of every row of every leaf (SPEC §3).
-
-  Composes :func:`partition`, :func:`permissibility_graph`,
-  :func:`find_cycles` (one search for all leaves) and :func:`permute`.
-
-  Args:
-    key: PRNG key for the random partitions (folded in per leaf and row).
-    weights: tree of the current, exact weights.
-    recommendations: tree like ``weights``; ``r > 0`` asks for a smaller value.
-    alpha: aggressiveness ``alpha_t``.
-    lamda: partition ratio ``lamda_t``.
-    layout: row layout per leaf (see :func:`sgperm`).
-    partition_size_min: smallest partition size.
-    include_partition_remainder: whether a shorter last chunk takes part.
-    mesh: optional device mesh; each device then permutes its own share of
-      the rows with no communication (see :func:`sgperm`).
-    cycle_search: how cycles are searched (see :func:`find_cycles`):
-      ``"auto"``, ``"loop"``, ``"native"`` or ``"pallas"``; all give the
-      same result.
-
-  Returns:
-    The permuted weights, a tree like ``weights``; every row holds exactly
-    the values it held before.
-
-  Example:
-    >>> import jax, jax.numpy as jnp, sgperm_jax
-    >>> w = {"b": jnp.array([0., 1., 2., 3.])}
-    >>> r = {"b": jnp.array([-1., 1., -1., 1.])}
-    >>> sgperm_jax.permutation_step(jax.random.key(0), w, r, alpha=0.5,
-    ...                             lamda=1.0)["b"].tolist()
-    [1.0, 0.0, 3.0, 2.0]
-  """
-  check_method(cycle_search)
-  specs = _layout.resolve_layout(layout, weights)
-  leaves, treedef = jax.tree.flatten(weights)
-  paths = _layout.leaf_paths(weights)
-  try:
-    recs = treedef.flatten_up_to(recommendations)
-  except (ValueError, TypeError) as e:
-    raise ValueError("recommendations must have the structure of the weights"
-                     f" ({treedef})") from e
-  spec_leaves = treedef.flatten_up_to(specs)
-  moving, rows_w, rows_r = [], [], []
-  for i, (w, r, spec, path) in enumerate(zip(leaves, recs, spec_leaves, paths)):
-    if _layout.row_shape(jnp.shape(w), spec) is None:
-      continue
-    _layout.check_float_leaf(w, path)
-    if jnp.shape(r) != jnp.shape(w):
-      raise ValueError(f"recommendation for leaf {path} has shape"
-                       f" {jnp.shape(r)}, the leaf has {jnp.shape(w)}")
-    moving.append(i)
-    rows_w.append(_layout.to_rows(w, spec))
-    rows_r.append(_layout.to_rows(r, spec))
-  if not moving:
-    return weights
-  if mesh is None:
-    new_rows = _permute_rows(key, moving, rows_w, rows_r, 0, alpha, lamda,
-                             partition_size_min, include_partition_remainder,
-                             cycle_search)
-  else:
-    new_rows = _permute_rows_sharded(
-        mesh, key, moving, rows_w, rows_r, alpha, lamda, partition_size_min,
-        include_partition_remainder, cycle_search)
-  out = list(leaves)
-  for i, rows in zip(moving, new_rows):
-    out[i] = _layout.from_rows(rows, spec_leaves[i], jnp.shape(leaves[i]))
-  return jax.tree.unflatten(treedef, out)
-
-
-def _delta(weights: jax.Array, params: Any) -> jax.Array:
-  """The update that moves ``params`` onto ``weights``, in the params' dtype.
-
-  Where ``weights - params`` overflows (values near the dtype's max with
-  opposite signs), the update sends the slot to 0 instead of to infinity; the
-  next step, which starts from the exact weights again, lands it.
-  """
-  params = jnp.asarray(params)
-  delta = (weights - params).astype(params.dtype)
-  return jnp.where(jnp.isfinite(delta) | ~jnp.isfinite(params), delta,
-                   -params)
+from sgperm_jax._step import StepHyperparams, permute_tree
 
 
 class PermutationState(NamedTuple):
@@ -283,16 +146,12 @@ def permute_by_recommendation(
     if params is None:
       raise ValueError("sgperm_jax: update needs params (the third argument"
                        " of tx.update); permutation starts from them.")
-    weights = jax.tree.map(
-        lambda w, p: jnp.where(state.count == 0, p, w), state.weights, params)
     key, step_key = jax.random.split(state.rng_key)
-    new_weights = permutation_step(
-        step_key, weights, updates, alpha=alpha_fn(state.count),
-        lamda=lamda_fn(state.count), layout=layout,
-        partition_size_min=partition_size_min,
-        include_partition_remainder=include_partition_remainder, mesh=mesh,
-        cycle_search=cycle_search)
-    new_updates = jax.tree.map(_delta, new_weights, params)
+    hp = StepHyperparams(alpha_fn(state.count), lamda_fn(state.count),
+                         partition_size_min, include_partition_remainder)
+    new_weights, new_updates = permute_tree(
+        step_key, state.weights, updates, hp, layout=layout, mesh=mesh,
+        cycle_search=cycle_search, initial=params, started=state.count > 0)
     return new_updates, PermutationState(
         count=optax.safe_increment(state.count), rng_key=key,
         weights=new_weights)

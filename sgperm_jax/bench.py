@@ -49,11 +49,67 @@ def _conv4(key):
   return params
 
 
+def _conv(key, h, w, a, b):
+  return jax.random.normal(key, (h, w, a, b)) * jnp.sqrt(2.0 / (h * w * a))
+
+
+def _norm(b):
+  """A BatchNorm or LayerNorm: scale and bias vectors (slightly spread)."""
+  return {"scale": 1.0 + 0.01 * jnp.arange(b) / b,
+          "bias": 0.01 * jnp.arange(b) / b}
+
+
+def _resnet(key, blocks, widths, bottleneck, stem):
+  """Flax-layout ResNet params: conv kernels, BatchNorm scale/bias, head."""
+  keys = iter(jax.random.split(key, 200))
+  h, channels = stem
+  params = {"stem": {"conv": _conv(next(keys), h, h, 3, channels),
+                     "bn": _norm(channels)}}
+  for stage, (count, width) in enumerate(zip(blocks, widths)):
+    out = width * 4 if bottleneck else width
+    for b in range(count):
+      block = {}
+      if bottleneck:
+        shapes = [(1, channels, width), (3, width, width), (1, width, out)]
+      else:
+        shapes = [(3, channels, width), (3, width, width)]
+      for i, (k, a, c) in enumerate(shapes):
+        block[f"conv{i}"] = _conv(next(keys), k, k, a, c)
+        block[f"bn{i}"] = _norm(c)
+      if channels != out:
+        block["shortcut"] = _conv(next(keys), 1, 1, channels, out)
+        block["shortcut_bn"] = _norm(out)
+      params[f"stage{stage}_block{b}"] = block
+      channels = out
+  params["head"] = _dense(next(keys), [channels, 10])["dense0"]
+  return params
+
+
+def _gpt(key, layers=6, d=256, vocab=1024):
+  """Flax-layout GPT params: tied embedding, and per layer two LayerNorms,
+  the attention's qkv and output projections and the MLP, with biases."""
+  keys = iter(jax.random.split(key, 8 * layers + 1))
+  dense = lambda a, b: {"kernel": jax.random.normal(next(keys), (a, b))
+                        * jnp.sqrt(1.0 / a),
+                        "bias": 0.01 * jnp.arange(b) / b}
+  params = {"embed": jax.random.normal(next(keys), (vocab, d)) * 0.02}
+  for i in range(layers):
+    params[f"layer{i}"] = {
+        "ln1": _norm(d), "qkv": dense(d, 3 * d), "proj": dense(d, d),
+        "ln2": _norm(d), "fc": dense(d, 4 * d), "out": dense(4 * d, d)}
+  return params
+
+
 MODELS: dict[str, tuple[str, Callable[[jax.Array], Any]]] = {
     "mlp": ("MLP 784-300-100-10", lambda k: _dense(k, [784, 300, 100, 10])),
     "conv": ("Conv4-style ConvNet", _conv4),
     "wide": ("wide MLP 784-4000-1800-10",
              lambda k: _dense(k, [784, 4000, 1800, 10])),
+    "resnet18": ("ResNet-18 (CIFAR)", lambda k: _resnet(
+        k, [2, 2, 2, 2], [64, 128, 256, 512], False, (3, 64))),
+    "resnet50": ("ResNet-50", lambda k: _resnet(
+        k, [3, 4, 6, 3], [64, 128, 256, 512], True, (7, 64))),
+    "gpt": ("GPT 6x256", _gpt),
 }
 
 

@@ -76,9 +76,9 @@ def _update_fn(method):
 def test_auto_uses_the_native_kernel_on_cpu():
   update, args = _update_fn("auto")
   text = update.lower(*args).as_text()
-  assert ("custom_call @sgperm_find_cycles" in text) == _native.available()
+  assert ("custom_call @sgperm_permute_leaves" in text) == _native.available()
   loop_text = _update_fn("loop")[0].lower(*args).as_text()
-  assert "custom_call @sgperm_find_cycles" not in loop_text
+  assert "custom_call @sgperm_permute_leaves" not in loop_text
 
 
 def test_auto_uses_the_pallas_kernel_on_gpu():

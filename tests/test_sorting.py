@@ -10,7 +10,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sgperm_jax import _cycles, _partition
+from sgperm_jax import _cycles_common, _partition
 
 
 @st.composite
@@ -41,13 +41,17 @@ def test_packed_sorts_order_like_the_tuple_sorts(case):
   rows, n = w.shape
   bits = jax.random.bits(key, (rows, n), jnp.uint32)
   bits = jnp.where(jnp.asarray(rng.random((rows, n)) < 0.3), 7, bits)  # ties
-  _equal(jax.jit(_partition._shuffle_packed)(bits),
-         jax.jit(_partition._shuffle_portable)(bits))
-  keys = _partition.sort_key(w)
-  _equal(jax.jit(_partition._chunk_sort_packed)(keys, size),
-         jax.jit(_partition._chunk_sort_portable)(keys, size))
-  lo = (jnp.arange(n, dtype=jnp.int32) // size * size)[None, :].repeat(rows, 0)
+  column = jnp.arange(n, dtype=jnp.int32)[None, :].repeat(rows, 0)
+  lo = column // size * size
+  keys = _partition.unsigned_key(_partition.sort_key(w))
+  for major, key, group in ((jnp.zeros_like(column), bits, jnp.full_like(
+      column, n)), (lo, keys, jnp.full_like(column, size))):
+    for shared in (True, False):  # rows sharing tiles, or a row per tile
+      _equal(jax.jit(_partition._ordered_packed, static_argnums=4)(
+          major, key, column, group, shared),
+             jax.jit(_partition._ordered_portable, static_argnums=4)(
+                 major, key, column, group, shared))
   magnitude = jnp.abs(w)
   active = jnp.isfinite(w) & (w != 0)
-  _equal(jax.jit(_cycles._source_sort_packed)(lo, magnitude, active),
-         jax.jit(_cycles._source_sort_portable)(lo, magnitude, active))
+  _equal(jax.jit(_cycles_common._source_sort_packed)(lo, magnitude, active),
+         jax.jit(_cycles_common._source_sort_portable)(lo, magnitude, active))
