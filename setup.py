@@ -61,11 +61,13 @@ def _extensions():
     args = ["-O3", "-std=c++17", "-ffp-contract=off"]
   return [Extension(
       "sgperm_jax._sgperm_native",
-      sources=["csrc/sgperm_cycles.cc", "csrc/sgperm_rows.cc"],
+      sources=["csrc/sgperm_cycles.cc", "csrc/sgperm_rows.cc",
+               "csrc/sgperm_laperm.cc"],
       include_dirs=[include],
       language="c++",
       extra_compile_args=args,
-      export_symbols=["SgpermFindCycles", "SgpermPermuteLeaves"],
+      export_symbols=["SgpermFindCycles", "SgpermPermuteLeaves",
+                      "SgpermLapermSync"],
       optional=True)]
 
 

@@ -21,6 +21,7 @@ from jax import lax
 
 from sgperm_jax import _checks
 from sgperm_jax import _layout
+from sgperm_jax._laperm_sync import laperm_sync
 
 
 def _is_masked(x: Any) -> bool:
@@ -48,13 +49,6 @@ def _empty_bank(leaf: Any, spec: _layout.RowLayout) -> Any:
   if spec == _layout.WHOLE and len(shape) >= 2:
     shape = (int(jnp.size(leaf)),)
   return jnp.zeros(shape, leaf.dtype)
-
-
-def _sorted_bank(leaf: jax.Array, spec: _layout.RowLayout,
-                 bank_shape: tuple[int, ...]) -> jax.Array:
-  """Each row of ``leaf`` sorted ascending, stored in the bank's shape."""
-  rows = jnp.sort(_layout.to_rows(leaf, spec), axis=-1)
-  return _layout.from_rows(rows, spec, bank_shape)
 
 
 def _match_ranks(sorted_rows: jax.Array, rows: jax.Array) -> jax.Array:
@@ -256,28 +250,24 @@ def laperm(
     specs = resolve(params)
     inner_updates, inner_state = inner.update(updates, state.inner_state,
                                               params, **extra_args)
-
-    def fill_bank():
-      return jax.tree.map(
-          lambda b, p, s: b if _is_masked(b)
-          else _sorted_bank(p, s, jnp.shape(b)).astype(b.dtype),
-          state.bank, params, specs, is_leaf=_is_masked)
-
-    bank = lax.cond(state.count == 0, fill_bank, lambda: state.bank)
-
-    def sync():
-      def leaf_update(b, p, u):
-        if _is_masked(b):
-          return u
-        free = (p + u).astype(p.dtype)  # what optax.apply_updates makes
-        return (_synchronize(b, free) - p).astype(u.dtype)
-      return jax.tree.map(leaf_update, bank, params, inner_updates,
-                          is_leaf=_is_masked)
-
     period = sync_period(state.count) if callable(sync_period) else sync_period
     since = state.steps_since_sync + 1
     do_sync = since >= period
-    new_updates = lax.cond(do_sync, sync, lambda: inner_updates)
+    leaves, treedef = jax.tree.flatten(params)
+    banks = treedef.flatten_up_to(state.bank)
+    moves = treedef.flatten_up_to(inner_updates)
+    layouts = treedef.flatten_up_to(specs)
+    synced = [i for i, b in enumerate(banks) if not _is_masked(b)]
+    if synced:
+      new_banks, new_moves = laperm_sync(
+          [jnp.asarray(leaves[i]) for i in synced],
+          [moves[i] for i in synced], [banks[i] for i in synced],
+          [layouts[i] for i in synced], fill=state.count == 0, sync=do_sync)
+      for k, i in enumerate(synced):
+        banks[i] = new_banks[k]
+        moves[i] = new_moves[k]
+    bank = jax.tree.unflatten(treedef, banks)
+    new_updates = jax.tree.unflatten(treedef, moves)
     return new_updates, LaPermState(
         count=optax.safe_increment(state.count),
         steps_since_sync=jnp.where(do_sync, 0, since).astype(jnp.int32),

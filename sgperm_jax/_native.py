@@ -9,7 +9,9 @@ algorithms as sequential C++ loops are many times faster. Two kernels:
 * ``sgperm_permute_leaves`` (``csrc/sgperm_rows.cc``): a whole permutation
   step of every row of many leaves, the rows given as strided views of the
   leaves, exactly what the four JAX stages compute
-  (:func:`permute_leaves_native`).
+  (:func:`permute_leaves_native`);
+* ``sgperm_laperm_sync`` (``csrc/sgperm_laperm.cc``): LaPerm's bank and
+  synchronisation of every row of many leaves (:func:`laperm_sync_native`).
 
 The shared library ``_sgperm_native*.so`` is built at install time as an
 optional extension (see ``setup.py``); when it is missing or does not load
@@ -30,7 +32,8 @@ import jax.numpy as jnp
 import numpy as np
 
 _TARGETS = {"sgperm_find_cycles": "SgpermFindCycles",
-            "sgperm_permute_leaves": "SgpermPermuteLeaves"}
+            "sgperm_permute_leaves": "SgpermPermuteLeaves",
+            "sgperm_laperm_sync": "SgpermLapermSync"}
 _lock = threading.Lock()
 _state: dict[str, object] = {}
 
@@ -207,3 +210,46 @@ def permute_leaves_native(weights: list[jax.Array], recommendations:
   out = list(out)
   count = len(weights)
   return out[:count], (out[count:] if initial is not None else None)
+
+
+def laperm_sync_native(params: list[jax.Array], updates: list[jax.Array],
+                       bank: list[jax.Array], *, offset: np.ndarray,
+                       stride: np.ndarray, length: np.ndarray,
+                       leaf: np.ndarray, fill: jax.Array, sync: jax.Array
+                       ) -> tuple[list[jax.Array], list[jax.Array]]:
+  """LaPerm's bank and synchronisation of every row, natively on CPU.
+
+  Rows are given as in :func:`permute_leaves_native`. With ``fill``, each
+  row of the bank becomes the row of ``params``, sorted; with ``sync``, the
+  updates become ``(sorted(bank)[rank(params + updates)] - params)``, row by
+  row, cast to the updates' dtype (else they are returned as given). The
+  same values as ``_laperm_sync._jax_sync``, bit for bit.
+
+  Args:
+    params: the leaves' params, of one dtype.
+    updates: the inner optimizer's updates, of one dtype.
+    bank: the banks, of the params' dtype.
+    offset: ``(R,)`` where each row starts in its leaf.
+    stride: ``(R,)`` distance between a row's consecutive positions.
+    length: ``(R,)`` each row's length.
+    leaf: ``(R,)`` each row's leaf.
+    fill: whether to fill the bank first.
+    sync: whether to synchronise.
+
+  Returns:
+    The banks and the updates.
+  """
+  if not available():
+    raise RuntimeError(f"sgperm_jax native kernel unavailable: {load_error()}")
+  results = ([jax.ShapeDtypeStruct(b.shape, b.dtype) for b in bank]
+             + [jax.ShapeDtypeStruct(u.shape, u.dtype) for u in updates])
+  call = jax.ffi.ffi_call("sgperm_laperm_sync", results,
+                          vmap_method="sequential")
+  leaves = []
+  for p, u, b in zip(params, updates, bank):
+    leaves += [p, u, b]
+  out = list(call(jnp.asarray(offset, jnp.int64),
+                  jnp.asarray(stride, jnp.int64),
+                  jnp.asarray(length, jnp.int32), jnp.asarray(leaf, jnp.int32),
+                  jnp.asarray(fill, bool), jnp.asarray(sync, bool), *leaves))
+  return out[:len(bank)], out[len(bank):]

@@ -53,7 +53,13 @@ def delta(weights: jax.Array, params: Any) -> jax.Array:
   """
   params = jnp.asarray(params)
   d = (weights - params).astype(params.dtype)
-  return jnp.where(jnp.isfinite(d) | ~jnp.isfinite(params), d, -params)
+  # Whether the rounded difference is finite, from its bits: XLA may keep a
+  # bfloat16 difference in float32 for a float test (excess precision).
+  bits = {2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint64}[d.dtype.itemsize]
+  finfo = jnp.finfo(d.dtype)
+  exponent = ((1 << finfo.nexp) - 1) << finfo.nmant
+  finite = (lax.bitcast_convert_type(d, bits) & exponent) != exponent
+  return jnp.where(finite | ~jnp.isfinite(params), d, -params)
 
 
 class _Group(NamedTuple):
