@@ -28,6 +28,7 @@ from sgperm_jax import _cycles
 from sgperm_jax import _layout
 from sgperm_jax import _native
 from sgperm_jax import _packing
+from sgperm_jax import _sharding
 from sgperm_jax._cycles import check_method
 from sgperm_jax._graph import permissibility_graph
 from sgperm_jax._partition import partition_size, partition_tiles, slot_bits
@@ -193,49 +194,46 @@ def _permute_leaves(key: jax.Array, leaves: list[_Leaf],
   return new, (updates if with_initial else None)
 
 
-def _permute_leaves_sharded(mesh: jax.sharding.Mesh, key: jax.Array,
-                            leaves: list[_Leaf], hp: StepHyperparams,
-                            cycle_search: str, started: jax.Array | None):
+def _permute_leaves_sharded(mesh: Any, key: jax.Array, leaves: list[_Leaf],
+                            hp: StepHyperparams, cycle_search: str,
+                            started: jax.Array | None):
   """Like :func:`_permute_leaves`, each device on its own rows, no collectives.
 
-  Leaves whose row count divides the device count are split by rows over
-  every axis of ``mesh`` (a kernel along its last axis); the others are
-  computed whole on every device. Rows are independent and draw their
-  randomness from their global index, so the result equals the
-  single-device one bit for bit.
+  Each leaf's rows are split over the mesh axes that ``_sharding.row_axes``
+  gives (the axes of its last dimension), or computed whole on every
+  device. Rows are independent and draw their randomness from their global
+  index, so the result equals the single-device one bit for bit. The
+  updates are computed outside, so that they follow the params' sharding.
   """
-  axes = tuple(mesh.axis_names)
-  specs, split = [], []
-  for leaf in leaves:
-    rows, _ = _layout.row_shape(jnp.shape(leaf.weights), leaf.layout)
-    ndim = jnp.ndim(leaf.weights)
-    split.append(leaf.layout == _layout.NEURONS and ndim >= 2
-                 and rows % mesh.size == 0)
-    specs.append(P(*([None] * (ndim - 1)), axes) if split[-1] else P())
+  axes = [_sharding.row_axes(leaf.weights, leaf.layout, mesh)
+          for leaf in leaves]
+  specs = [_sharding.leaf_spec(leaf.weights, a)
+           for leaf, a in zip(leaves, axes)]
   hp = StepHyperparams(*(jnp.asarray(x) for x in hp))
   started = jnp.asarray(True if started is None else started)
   with_initial = leaves[0].initial is not None
 
   def local(key, ws, rs, initial, hp, started):
-    device = lax.axis_index(axes)
-    offsets = [device * jnp.shape(w)[-1] if sp else 0
-               for sp, w in zip(split, ws)]
+    offsets = [lax.axis_index(a) * jnp.shape(w)[-1] if a else 0
+               for a, w in zip(axes, ws)]
     local_leaves = [
         _Leaf(leaf.index, w, r, leaf.layout, w0 if with_initial else None)
         for leaf, w, r, w0 in zip(leaves, ws, rs, initial)]
-    new, updates = _permute_leaves(key, local_leaves, offsets, hp,
-                                   cycle_search, started)
-    return new, (updates if with_initial else new)
+    return _permute_leaves(key, local_leaves, offsets, hp, cycle_search,
+                           started)[0]
 
-  new, updates = jax.shard_map(
+  new = jax.shard_map(
       local, mesh=mesh,
       in_specs=(P(), specs, specs, specs, StepHyperparams(*[P()] * 4), P()),
-      out_specs=(specs, specs), check_vma=False)(
+      out_specs=specs, check_vma=False)(
           key, [leaf.weights for leaf in leaves],
           [leaf.recs for leaf in leaves],
           [leaf.initial if with_initial else leaf.weights
            for leaf in leaves], hp, started)
-  return new, (updates if with_initial else None)
+  new = [_sharding.like(w, leaf.weights) for w, leaf in zip(new, leaves)]
+  if not with_initial:
+    return new, None
+  return new, [delta(w, leaf.initial) for w, leaf in zip(new, leaves)]
 
 
 def permute_tree(key: jax.Array, weights: Any, recommendations: Any,
@@ -284,6 +282,8 @@ def permute_tree(key: jax.Array, weights: Any, recommendations: Any,
                        f" {jnp.shape(r)}, the leaf has {jnp.shape(w)}")
     moving.append(_Leaf(i, jnp.asarray(w), jnp.asarray(r), spec,
                         None if initial is None else jnp.asarray(firsts[i])))
+  if moving and mesh is None:
+    mesh = _sharding.find_mesh([leaf.weights for leaf in moving])
   if moving:
     if mesh is None:
       out, deltas = _permute_leaves(key, moving, [0] * len(moving), hp,

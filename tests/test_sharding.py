@@ -12,9 +12,9 @@ import textwrap
 import pytest
 
 _SCRIPT = textwrap.dedent("""
-    import re
+    import contextlib, re
     import jax, jax.numpy as jnp, numpy as np, optax
-    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+    from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
     import sgperm_jax
 
     assert jax.device_count() == 8, jax.devices()
@@ -42,23 +42,42 @@ _SCRIPT = textwrap.dedent("""
             "conv": {"kernel": P(None, None, None, ("data", "model"))}}
     other = {"dense": {"kernel": P("data", "model"), "bias": P("model")},
              "conv": {"kernel": P("data", None, None, "model")}}
-    for name, specs in (("rows", rows), ("other", other)):
+    # Rows split over one axis, replicated over the other.
+    some = {"dense": {"kernel": P(None, "model"), "bias": P()},
+            "conv": {"kernel": P(None, None, None, "data")}}
+
+    def check(name, mesh, specs, tx, context=contextlib.nullcontext()):
       shard = jax.tree.map(lambda s: NamedSharding(mesh, s), specs,
                            is_leaf=lambda x: isinstance(x, P))
       sharded = jax.device_put(params, shard)
-      tx = sgperm_jax.sgperm(**kw, mesh=mesh)
-      p, s, step = run(tx, sharded)
-      exact = sgperm_jax.exact_params(p, s)
-      jax.tree.map(np.testing.assert_array_equal, exact, ref_exact)
-      jax.tree.map(np.testing.assert_array_equal, p, ref_params)
-      for leaf, sh in zip(jax.tree.leaves(p), jax.tree.leaves(shard)):
-        assert leaf.sharding.is_equivalent_to(sh, leaf.ndim), (name, leaf.sharding, sh)
-      if name == "rows":
-        hlo = jax.jit(tx.update).lower(jax.grad(loss)(sharded), s, sharded
-                                       ).compile().as_text()
-        found = re.findall(r"all-gather|all-reduce|all-to-all|"
-                           r"collective-permute|reduce-scatter", hlo)
-        assert not found, sorted(set(found))
+      with context:
+        p, s, step = run(tx, sharded)
+        exact = sgperm_jax.exact_params(p, s)
+        jax.tree.map(np.testing.assert_array_equal, exact, ref_exact)
+        jax.tree.map(np.testing.assert_array_equal, p, ref_params)
+        for leaf, sh in zip(jax.tree.leaves(p), jax.tree.leaves(shard)):
+          assert leaf.sharding.is_equivalent_to(sh, leaf.ndim), (
+              name, leaf.sharding, sh)
+        if specs is not other:
+          hlo = jax.jit(tx.update).lower(jax.grad(loss)(sharded), s, sharded
+                                         ).compile().as_text()
+          found = re.findall(r"all-gather|all-reduce|all-to-all|"
+                             r"collective-permute|reduce-scatter", hlo)
+          assert not found, (name, sorted(set(found)))
+
+    # The mesh given as an argument.
+    for specs in (rows, other):
+      check("mesh=", mesh, specs, sgperm_jax.sgperm(**kw, mesh=mesh))
+    # No argument: the mesh of jax.set_mesh, with automatic axes ...
+    auto = jax.make_mesh((4, 2), ("data", "model"),
+                         axis_types=(AxisType.Auto,) * 2)
+    check("ambient", auto, rows, sgperm_jax.sgperm(**kw), jax.set_mesh(auto))
+    # ... and with explicit axes, whose shardings the leaves' types carry.
+    explicit = jax.make_mesh((4, 2), ("data", "model"),
+                             axis_types=(AxisType.Explicit,) * 2)
+    for specs in (rows, some, other):
+      check("explicit", explicit, specs, sgperm_jax.sgperm(**kw),
+            jax.set_mesh(explicit))
     print("OK")
 """)
 
