@@ -15,8 +15,8 @@
 //           updates: (synced - params), computed in the wider compute dtype
 //           and rounded to the updates' dtype, if `sync`; else as given.
 //
-// Values are ranked as `jnp.argsort(..., stable=True)` ranks them: NaNs last
-// (tied), -0 as +0, ties by position. The free weights are computed as XLA
+// Values are ranked by their exact order (`rank_key` in _laperm_sync.py):
+// NaNs last (tied), -0 as +0, subnormals by value, ties by position. The free weights are computed as XLA
 // computes `(params + updates).astype(params.dtype)`: in the wider compute
 // dtype, then rounded.
 
@@ -48,7 +48,7 @@ using sgperm::F16;
 using sgperm::F32;
 using sgperm::F64;
 
-// The key `jnp.sort` orders floats by: NaNs (any) after everything, tied.
+// The key values are ranked by: their order, NaNs (any) after everything.
 template <typename V>
 inline typename V::Key RankKey(typename V::Raw raw) {
   if (std::isnan(V::ToC(raw))) return ~typename V::Key{0};

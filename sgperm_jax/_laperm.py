@@ -21,7 +21,7 @@ from jax import lax
 
 from sgperm_jax import _checks
 from sgperm_jax import _layout
-from sgperm_jax._laperm_sync import laperm_sync
+from sgperm_jax._laperm_sync import laperm_sync, rank_key
 
 
 def _is_masked(x: Any) -> bool:
@@ -54,10 +54,11 @@ def _empty_bank(leaf: Any, spec: _layout.RowLayout) -> Any:
 def _match_ranks(sorted_rows: jax.Array, rows: jax.Array) -> jax.Array:
   """``sorted_rows[j][rank(rows[j])]`` for every row ``j``.
 
-  Ranks break ties stably by position; NaNs rank last (they receive the
-  largest values of the row).
+  Ranks follow the values exactly (subnormals too, -0 as +0), ties broken
+  stably by position; NaNs rank last (they receive the largest values of
+  the row).
   """
-  order = jnp.argsort(rows, axis=-1, stable=True)
+  order = jnp.argsort(rank_key(rows), axis=-1, stable=True)
   row_index = jnp.arange(rows.shape[0])[:, None]
   return jnp.zeros_like(sorted_rows).at[row_index, order].set(
       sorted_rows, unique_indices=True)

@@ -9,8 +9,9 @@ leaves: on CPU a native kernel reads and writes the leaves as they are
 (``_native.laperm_sync_native``); elsewhere the leaves are concatenated and
 their rows sorted in tiles (``_packing.py``), one sort for all.
 
-Ranks are those of ``jnp.argsort(row, stable=True)``: NaNs last (tied), -0 as
-+0, ties by position.
+Ranks follow the exact value order, as NumPy's stable sort does: NaNs last
+(tied), -0 as +0, subnormals by value (where XLA's float comparisons on CPU
+would flush them to zero), ties by position.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from sgperm_jax._sorting import wide_ints
 
 
 def rank_key(values: jax.Array) -> jax.Array:
-  """Unsigned integers that order like ``jnp.sort``: NaNs last, tied."""
+  """Unsigned integers that order like the values: NaNs last (tied)."""
   key = sort_key(values)
   if key.dtype.itemsize <= 4:
     key = unsigned_key(key)

@@ -90,3 +90,15 @@ def like(x: jax.Array, reference: Any) -> jax.Array:
   if sharding is None or _named_sharding(x) == sharding:
     return x
   return jax.sharding.reshard(x, sharding.spec)
+
+
+def as_spec(x: Any, spec: P) -> Any:
+  """``x`` resharded to ``spec`` where its type has another (explicit axes:
+  ``shard_map`` takes its inputs as specified); else as it is."""
+  sharding = _named_sharding(x)
+  if sharding is None:
+    return x
+  ndim = jnp.ndim(x)
+  have = tuple(sharding.spec) + (None,) * (ndim - len(sharding.spec))
+  want = tuple(spec) + (None,) * (ndim - len(spec))
+  return x if have == want else jax.sharding.reshard(x, spec)

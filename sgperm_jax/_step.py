@@ -226,10 +226,11 @@ def _permute_leaves_sharded(mesh: Any, key: jax.Array, leaves: list[_Leaf],
       local, mesh=mesh,
       in_specs=(P(), specs, specs, specs, StepHyperparams(*[P()] * 4), P()),
       out_specs=specs, check_vma=False)(
-          key, [leaf.weights for leaf in leaves],
-          [leaf.recs for leaf in leaves],
-          [leaf.initial if with_initial else leaf.weights
-           for leaf in leaves], hp, started)
+          key, *([_sharding.as_spec(x, spec) for x, spec in zip(xs, specs)]
+                 for xs in ([leaf.weights for leaf in leaves],
+                            [leaf.recs for leaf in leaves],
+                            [leaf.initial if with_initial else leaf.weights
+                             for leaf in leaves])), hp, started)
   new = [_sharding.like(w, leaf.weights) for w, leaf in zip(new, leaves)]
   if not with_initial:
     return new, None

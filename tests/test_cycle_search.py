@@ -90,3 +90,39 @@ def test_auto_uses_the_pallas_kernel_on_gpu():
   text = exported.mlir_module()
   assert "__gpu$xla.gpu.triton" in text
   assert "sgperm_find_cycles" in text
+
+
+def _bits(x):
+  x = np.asarray(x)
+  return x.view({2: np.uint16, 4: np.uint32, 8: np.uint64}[x.itemsize])
+
+
+@pytest.mark.parametrize("dtypes", [
+    ("float32",), ("bfloat16",), ("float16",), ("float64",),
+    ("bfloat16", "float32")])
+def test_native_and_stages_give_the_same_updates(dtypes, request):
+  """The updates themselves (not only the exact weights), bit for bit, in
+  every dtype and with leaves of two dtypes in one tree: the native kernel
+  computes them as XLA computes the stages' ``delta``."""
+  if not _native.available():
+    pytest.skip("the native kernel is unavailable")
+  if "float64" in dtypes:
+    request.getfixturevalue("x64")
+  params = {name: jnp.asarray(x, dtype) for (name, x), dtype in zip(
+      _params().items(), dtypes * 3)}
+  grads = jax.tree.map(lambda p: jnp.sin(3.0 * p.astype(jnp.float32) + 1.0)
+                       .astype(p.dtype), params)
+  out = {}
+  for method in ("loop", "native"):
+    tx = sgperm_jax.sgperm(lamda0=0.3, momentum_lr=1.0, partition_size_min=3,
+                           cycle_search=method)
+    state = tx.init(params)
+    update = jax.jit(tx.update)
+    p, steps = params, []
+    for _ in range(3):
+      updates, state = update(grads, state, p)
+      p = optax.apply_updates(p, updates)
+      steps.append((updates, p))
+    out[method] = (steps, sgperm_jax.exact_params(p, state))
+  for a, b in zip(jax.tree.leaves(out["loop"]), jax.tree.leaves(out["native"])):
+    np.testing.assert_array_equal(_bits(a), _bits(b))
