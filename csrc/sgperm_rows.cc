@@ -191,19 +191,34 @@ void SubsetGraph(const C* value, const Key* key, const RC* rec, int32_t lo,
   const C eps = range * (alpha + C(1) / static_cast<C>(std::max(m, 1)));
   const bool moves = takes_part && m >= 2;
   if (!(std::isnan(value[lo]) && std::signbit(value[lo]))) {
-    int32_t up = lo, down = lo, run = lo;
+    // Lower bounds over the whole subset of the targets of every vertex, by
+    // branchless merges of the ascending values with the ascending targets;
+    // then clamped to each vertex's range ([j + 1, hi) up, [lo, j) down).
+    int32_t* up = reach_hi;
+    int32_t* down = reach_lo;
+    for (int pass = 0; pass < 2; ++pass) {
+      const C sign = pass == 0 ? C(1) : C(-1);
+      int32_t* bound = pass == 0 ? up : down;
+      int32_t i = lo, j = lo;
+      while (j < hi) {
+        const C target = value[j] + sign * eps;
+        const bool below = i < hi && value[i] < target;
+        bound[j] = i;
+        i += below;
+        j += !below;
+      }
+    }
+    int32_t run = lo;
     for (int32_t j = lo; j < hi; ++j) {
       run = (j == lo || key[j] != key[j - 1]) ? j : run;
-      const C up_target = value[j] + eps, down_target = value[j] - eps;
-      up = std::max(up, j + 1);
-      while (up < hi && value[up] < up_target) ++up;
-      while (down < j && value[down] < down_target) ++down;
       const RC r = rec[j];
       const int8_t d = (moves && std::isfinite(r)) ? (r < 0) - (r > 0) : 0;
       dir[j] = d;
       // NaN targets (a NaN value or eps): nothing is below them.
-      const int32_t top = std::isnan(up_target) ? j + 1 : up;
-      const int32_t bottom = std::isnan(down_target) ? lo : down;
+      const bool nan_up = std::isnan(value[j] + eps);
+      const bool nan_down = std::isnan(value[j] - eps);
+      const int32_t top = nan_up ? j + 1 : std::max(up[j], j + 1);
+      const int32_t bottom = nan_down ? lo : std::min(down[j], j);
       reach_lo[j] = d > 0 ? j + 1 : (d < 0 ? bottom : j);
       reach_hi[j] = d > 0 ? top : (d < 0 ? run : j);
       subset_hi[j] = hi;

@@ -1,8 +1,11 @@
-"""``sgperm-jax bench``: SGPerm step time beside Adam and the sort floor.
+"""``sgperm-jax bench``: SGPerm and LaPerm beside Adam and the sort floors.
 
 Everything is measured in one process, side by side: the median of repeated
-jitted calls after a warm-up. The *sort floor* is one jitted ``jnp.argsort`` of
-every weight vector of the model, the least a permutation step must do.
+jitted calls after a warm-up, and the seconds to trace, lower and compile
+each update. Two *sort floors* say what sorting the model's weights costs:
+one jitted ``jnp.sort`` of the int32 bit patterns of every weight vector
+(XLA's cheapest sort of the same data), and one ``jnp.argsort`` of the float
+weights (a comparator sort, slower).
 """
 
 from __future__ import annotations
@@ -19,10 +22,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax import lax
 
 from sgperm_jax import _layout
 from sgperm_jax import _native
 from sgperm_jax._cycles import SEARCH_METHODS, auto_method
+from sgperm_jax._laperm import laperm
 from sgperm_jax._transform import sgperm
 
 
@@ -130,14 +135,17 @@ def _nbytes(tree: Any) -> int:
 
 
 def _stepper(tx, params, grads):
-  """A jitted step whose state carries over from call to call."""
-  update = jax.jit(tx.update)
+  """A compiled step whose state carries over from call to call, and the
+  seconds its compilation took (trace, lower and compile)."""
   box = [tx.init(params)]
+  start = time.perf_counter()
+  update = jax.jit(tx.update).lower(grads, box[0], params).compile()
+  compile_s = time.perf_counter() - start
 
   def step():
     updates, box[0] = update(grads, box[0], params)
     jax.block_until_ready(updates)
-  return step, box
+  return step, box, compile_s
 
 
 def _search_used(method: str) -> str:
@@ -145,39 +153,73 @@ def _search_used(method: str) -> str:
   return auto_method(jax.default_backend()) if method == "auto" else method
 
 
-def _sort_floor(params, repeats):
-  fn = jax.jit(lambda p: [jnp.argsort(_layout.to_rows(x, "neurons"), axis=-1)
-                          for x in jax.tree.leaves(p) if x.ndim >= 1])
-  return _time(lambda: jax.block_until_ready(fn(params)), repeats)
+def _rows(params):
+  return [_layout.to_rows(x, "neurons") for x in jax.tree.leaves(params)
+          if x.ndim >= 1]
+
+
+def sort_floors(params, repeats: int) -> tuple[float, float]:
+  """Seconds of the int32 row sort and of the float row argsort."""
+  int_bits = lambda x: lax.bitcast_convert_type(
+      x, {2: jnp.int16, 4: jnp.int32, 8: jnp.int64}[x.dtype.itemsize])
+  ints = jax.jit(lambda p: [jnp.sort(int_bits(x), axis=-1) for x in _rows(p)])
+  floats = jax.jit(lambda p: [jnp.argsort(x, axis=-1) for x in _rows(p)])
+  return (_time(lambda: jax.block_until_ready(ints(params)), repeats),
+          _time(lambda: jax.block_until_ready(floats(params)), repeats))
+
+
+def _model(name: str, seed: int):
+  label, make = MODELS[name]
+  params = make(jax.random.key(seed))
+  grads = jax.tree.map(lambda p: jax.random.normal(jax.random.key(seed + 1),
+                                                   p.shape), params)
+  return label, params, grads
 
 
 def bench_model(name: str, ratios: list[float], repeats: int,
                 seed: int = 0, methods: tuple[str, ...] = ("auto",)
                 ) -> list[dict[str, Any]]:
-  """Times SGPerm (per partition ratio and cycle search), Adam and the floor."""
-  label, make = MODELS[name]
-  params = make(jax.random.key(seed))
-  grads = jax.tree.map(lambda p: jax.random.normal(jax.random.key(seed + 1),
-                                                   p.shape), params)
-  adam_step, _ = _stepper(optax.adam(1e-3), params, grads)
+  """Times SGPerm (per partition ratio and cycle search), Adam and the
+  floors; and the compile seconds of each update."""
+  label, params, grads = _model(name, seed)
+  adam_step, _, adam_compile = _stepper(optax.adam(1e-3), params, grads)
   adam = _time(adam_step, repeats)
-  floor = _sort_floor(params, repeats)
+  int_floor, float_floor = sort_floors(params, repeats)
   rows = []
   for ratio in ratios:
     for method in methods:
       # beta2 = 1 keeps the ratio fixed while timing.
-      step, box = _stepper(sgperm(lamda0=ratio, beta2=1.0,
-                                  cycle_search=method), params, grads)
+      step, box, compile_s = _stepper(
+          sgperm(lamda0=ratio, beta2=1.0, cycle_search=method), params, grads)
       seconds = _time(step, repeats)
       rows.append(dict(
-          model=label, params=sum(x.size for x in jax.tree.leaves(params)),
+          model=label, leaves=len(jax.tree.leaves(params)),
+          params=sum(x.size for x in jax.tree.leaves(params)),
           partition_ratio=ratio, cycle_search=_search_used(method),
-          sgperm_s=seconds, adam_s=adam,
-          sort_floor_s=floor, sgperm_over_floor=seconds / floor,
+          compile_s=compile_s, sgperm_s=seconds, adam_s=adam,
+          adam_compile_s=adam_compile, sort_floor_s=int_floor,
+          argsort_floor_s=float_floor, sgperm_over_floor=seconds / int_floor,
           sgperm_over_adam=seconds / adam,
           state_over_params=_nbytes(box[0]) / _nbytes(params),
           platform=jax.default_backend()))
   return rows
+
+
+def bench_laperm(name: str, repeats: int, seed: int = 0) -> dict[str, Any]:
+  """Times ``laperm(adam)``: compile seconds, a step without and a step with
+  a synchronisation, beside Adam."""
+  label, params, grads = _model(name, seed)
+  adam_step, _, adam_compile = _stepper(optax.adam(1e-3), params, grads)
+  adam = _time(adam_step, repeats)
+  free, _, compile_s = _stepper(laperm(optax.adam(1e-3), sync_period=10**6),
+                                params, grads)
+  synced, _, _ = _stepper(laperm(optax.adam(1e-3), sync_period=1), params,
+                          grads)
+  return dict(model=label, leaves=len(jax.tree.leaves(params)),
+              params=sum(x.size for x in jax.tree.leaves(params)),
+              compile_s=compile_s, step_s=_time(free, repeats),
+              sync_step_s=_time(synced, repeats), adam_s=adam,
+              adam_compile_s=adam_compile, platform=jax.default_backend())
 
 
 def bench_scaling(total: int, lengths: list[int], ratio: float,
@@ -189,10 +231,10 @@ def bench_scaling(total: int, lengths: list[int], ratio: float,
     rows = max(1, total // n)
     params = {"w": jax.random.normal(jax.random.key(n), (n, rows))}
     grads = {"w": jax.random.normal(jax.random.key(n + 1), (n, rows))}
-    floor = _sort_floor(params, repeats)
+    floor = sort_floors(params, repeats)[0]
     for method in methods:
-      step, _ = _stepper(sgperm(lamda0=ratio, beta2=1.0, cycle_search=method),
-                         params, grads)
+      step, _, _ = _stepper(sgperm(lamda0=ratio, beta2=1.0,
+                                   cycle_search=method), params, grads)
       seconds = _time(step, repeats)
       out.append(dict(row_length=n, rows=rows, partition_ratio=ratio,
                       cycle_search=_search_used(method), sgperm_s=seconds,
@@ -205,22 +247,37 @@ def _ms(x: float) -> str:
 
 
 def format_tables(results: list[dict[str, Any]],
-                  scaling: list[dict[str, Any]]) -> str:
-  """Markdown tables of :func:`bench_model` and :func:`bench_scaling` rows."""
+                  scaling: list[dict[str, Any]],
+                  lapermed: list[dict[str, Any]] | None = None) -> str:
+  """Markdown tables of :func:`bench_model`, :func:`bench_laperm` and
+  :func:`bench_scaling` rows."""
   lines = [f"platform: {jax.default_backend()} ({jax.devices()[0].device_kind})",
            "",
-           "| model | params | ratio | search | SGPerm ms | Adam ms |"
-           " sort floor ms | SGPerm/floor | SGPerm/Adam | state/params |",
-           "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
+           "| model | leaves | params | ratio | search | compile s |"
+           " SGPerm ms | Adam ms | int32 sort floor ms |"
+           " float argsort floor ms | SGPerm/floor | SGPerm/Adam |"
+           " state/params |",
+           "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
   for r in results:
     lines.append(
-        f"| {r['model']} | {r['params']:,} | {r['partition_ratio']:g} |"
-        f" {r['cycle_search']} | {_ms(r['sgperm_s'])} | {_ms(r['adam_s'])} |"
-        f" {_ms(r['sort_floor_s'])} | {r['sgperm_over_floor']:.1f}x |"
-        f" {r['sgperm_over_adam']:.0f}x | {r['state_over_params']:.2f} |")
+        f"| {r['model']} | {r['leaves']} | {r['params']:,} |"
+        f" {r['partition_ratio']:g} | {r['cycle_search']} |"
+        f" {r['compile_s']:.1f} | {_ms(r['sgperm_s'])} | {_ms(r['adam_s'])} |"
+        f" {_ms(r['sort_floor_s'])} | {_ms(r['argsort_floor_s'])} |"
+        f" {r['sgperm_over_floor']:.1f}x | {r['sgperm_over_adam']:.0f}x |"
+        f" {r['state_over_params']:.2f} |")
+  if lapermed:
+    lines += ["", "| model | leaves | LaPerm compile s | Adam compile s |"
+              " LaPerm step ms | with a sync ms | Adam ms |",
+              "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in lapermed:
+      lines.append(
+          f"| {r['model']} | {r['leaves']} | {r['compile_s']:.1f} |"
+          f" {r['adam_compile_s']:.1f} | {_ms(r['step_s'])} |"
+          f" {_ms(r['sync_step_s'])} | {_ms(r['adam_s'])} |")
   if scaling:
     lines += ["", "| row length | rows | ratio | search | SGPerm ms |"
-              " sort floor ms | SGPerm/floor |",
+              " int32 sort floor ms | SGPerm/floor |",
               "|---:|---:|---:|---|---:|---:|---:|"]
     for r in scaling:
       lines.append(
@@ -234,11 +291,16 @@ def format_tables(results: list[dict[str, Any]],
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(
       prog="sgperm-jax bench",
-      description="Time an SGPerm step beside Adam and the sort floor.")
-  parser.add_argument("--models", default="mlp,conv,wide",
+      description="Time SGPerm and LaPerm steps, and their compilation,"
+      " beside Adam and the sort floors.",
+      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+  parser.add_argument("--models", default="mlp,conv,wide,resnet18,gpt",
                       help="comma-separated: " + ", ".join(MODELS))
-  parser.add_argument("--ratios", default="0.01,0.1,1.0",
+  parser.add_argument("--ratios", default="0.1,1.0",
                       help="partition ratios (comma-separated)")
+  parser.add_argument("--laperm", default="mlp,resnet18,gpt",
+                      help="models to time laperm(adam) on (comma-separated;"
+                      " empty: none)")
   parser.add_argument("--cycle-search", default="auto",
                       help="cycle searches to time, comma-separated: "
                       + ", ".join(SEARCH_METHODS) + " (auto: by platform)")
@@ -250,6 +312,7 @@ def main(argv: list[str] | None = None) -> int:
   args = parser.parse_args(argv)
   try:
     models = [m for m in args.models.split(",") if m]
+    laperm_models = [m for m in args.laperm.split(",") if m]
     ratios = [float(x) for x in args.ratios.split(",") if x]
     lengths = [int(x) for x in args.scaling_lengths.split(",") if x]
   except ValueError as e:
@@ -262,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
   if "native" in methods and not _native.available():
     parser.error("--cycle-search native: the native kernel is unavailable"
                  f" ({_native.load_error()})")
-  bad = [m for m in models if m not in MODELS]
+  bad = [m for m in models + laperm_models if m not in MODELS]
   if bad or any(not 0 <= r <= 1 for r in ratios) or args.repeats < 1:
     parser.error(f"unknown model(s) {bad}" if bad else
                  "ratios must lie in [0, 1] and --repeats must be >= 1")
@@ -270,13 +333,17 @@ def main(argv: list[str] | None = None) -> int:
   for name in models:
     results += bench_model(name, ratios, args.repeats, methods=methods)
     print(f"... {name} done", file=sys.stderr, flush=True)
+  lapermed = []
+  for name in laperm_models:
+    lapermed.append(bench_laperm(name, args.repeats))
+    print(f"... laperm {name} done", file=sys.stderr, flush=True)
   scaling = (bench_scaling(args.scaling_total, lengths, 0.1, args.repeats,
                            methods) if args.scaling_total > 0 else [])
-  print(format_tables(results, scaling))
+  print(format_tables(results, scaling, lapermed))
   if args.json:
     with open(args.json, "w", encoding="utf-8") as f:
       json.dump({"platform": jax.default_backend(), "models": results,
-                 "scaling": scaling}, f, indent=2)
+                 "laperm": lapermed, "scaling": scaling}, f, indent=2)
   return 0
 
 
