@@ -17,10 +17,10 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <thread>
 #include <vector>
 
 #include "sgperm_search.h"
+#include "sgperm_threads.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -44,38 +44,15 @@ void SolveRows(int64_t row_begin, int64_t row_end, int32_t n,
 }
 
 // Rows are independent; big batches are split over a few threads.
-int ThreadCount(int64_t rows, int64_t n) {
-  const int64_t work = rows * n;
-  if (rows < 2 || work < (int64_t{1} << 13)) return 1;
-  unsigned hw = std::thread::hardware_concurrency();
-  int64_t threads = hw == 0 ? 1 : hw;
-  threads = std::min<int64_t>({threads, rows, 8, work >> 12});
-  return static_cast<int>(std::max<int64_t>(threads, 1));
-}
-
 template <typename M>
 void Solve(int64_t rows, int32_t n, const int8_t* dir, const int32_t* reach_lo,
            const int32_t* reach_hi, const int32_t* subset_hi,
            const M* magnitude, int32_t* succ) {
-  const int threads = ThreadCount(rows, n);
-  if (threads <= 1) {
-    SolveRows<M>(0, rows, n, dir, reach_lo, reach_hi, subset_hi, magnitude,
+  const std::vector<int32_t> lengths(rows, n);
+  sgperm::ParallelRows(rows, lengths.data(), [&](int64_t begin, int64_t end) {
+    SolveRows<M>(begin, end, n, dir, reach_lo, reach_hi, subset_hi, magnitude,
                  succ);
-    return;
-  }
-  std::vector<std::thread> pool;
-  pool.reserve(threads - 1);
-  const int64_t chunk = (rows + threads - 1) / threads;
-  for (int t = 1; t < threads; ++t) {
-    const int64_t begin = std::min(rows, t * chunk);
-    const int64_t end = std::min(rows, begin + chunk);
-    if (begin >= end) break;
-    pool.emplace_back(SolveRows<M>, begin, end, n, dir, reach_lo, reach_hi,
-                      subset_hi, magnitude, succ);
-  }
-  SolveRows<M>(0, std::min(rows, chunk), n, dir, reach_lo, reach_hi,
-               subset_hi, magnitude, succ);
-  for (auto& th : pool) th.join();
+  });
 }
 
 bool SameDims(ffi::AnyBuffer::Dimensions x, ffi::AnyBuffer::Dimensions y) {

@@ -21,22 +21,15 @@
 // dtype, then rounded.
 
 #include <algorithm>
-#include <cfenv>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
-#include <functional>
-#include <thread>
 #include <type_traits>
 #include <vector>
 
-#if defined(__SSE__) || defined(__x86_64__)
-#include <xmmintrin.h>
-#define SGPERM_HAS_MXCSR 1
-#endif
-
 #include "sgperm_dtypes.h"
 #include "sgperm_search.h"
+#include "sgperm_threads.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -100,14 +93,8 @@ void Rank(const typename V::Raw* row, int32_t n, Scratch<V>& s) {
 }
 
 template <typename V, typename U>
-void SyncRows(const Leaves<V, U>& leaves, Rows rows, int64_t begin,
-              int64_t end, const fenv_t* env, uint32_t mxcsr) {
-  std::fesetenv(env);
-#ifdef SGPERM_HAS_MXCSR
-  _mm_setcsr(mxcsr);
-#else
-  (void)mxcsr;
-#endif
+void SyncRows(const Leaves<V, U>& leaves, const Rows& rows, int64_t begin,
+              int64_t end) {
   using C = std::conditional_t<(sizeof(typename V::C) > sizeof(typename U::C)),
                                typename V::C, typename U::C>;
   Scratch<V> s;
@@ -197,37 +184,9 @@ ffi::Error Run(const Rows& rows, int64_t count, bool fill, bool sync,
           "sgperm_laperm_sync: a row lies outside its leaf");
     }
   }
-  fenv_t env;
-  std::fegetenv(&env);
-  uint32_t mxcsr = 0;
-#ifdef SGPERM_HAS_MXCSR
-  mxcsr = _mm_getcsr();
-#endif
-  int64_t total = 0;
-  for (int64_t i = 0; i < count; ++i) total += std::max(rows.length[i], 0);
-  const unsigned hw = std::thread::hardware_concurrency();
-  const int64_t threads = std::min<int64_t>(
-      {hw == 0 ? 1 : hw, 8, std::max<int64_t>(count, 1),
-       std::max<int64_t>(total >> 14, 1)});
-  std::vector<int64_t> bounds = {0};
-  int64_t seen = 0;
-  for (int64_t i = 0; i < count && static_cast<int64_t>(bounds.size()) < threads;
-       ++i) {
-    seen += std::max(rows.length[i], 0);
-    if (seen * threads >= total * static_cast<int64_t>(bounds.size())) {
-      bounds.push_back(i + 1);
-    }
-  }
-  bounds.push_back(count);
-  std::vector<std::thread> pool;
-  for (size_t t = 1; t + 1 < bounds.size(); ++t) {
-    if (bounds[t] < bounds[t + 1]) {
-      pool.emplace_back(SyncRows<V, U>, std::cref(leaves), rows, bounds[t],
-                        bounds[t + 1], &env, mxcsr);
-    }
-  }
-  SyncRows<V, U>(leaves, rows, bounds[0], bounds[1], &env, mxcsr);
-  for (auto& th : pool) th.join();
+  sgperm::ParallelRows(count, rows.length, [&](int64_t begin, int64_t end) {
+    SyncRows<V, U>(leaves, rows, begin, end);
+  });
   return ffi::Error::Success();
 }
 

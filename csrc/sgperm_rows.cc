@@ -36,29 +36,23 @@
 //     own value, both by the same binary search as the JAX stage;
 //  3. the cycle search of sgperm_search.h;
 //  4. values move along the cycles, as raw bits.
-// The float arithmetic runs under the caller's floating-point environment,
-// which the worker threads copy, so subnormals are flushed where XLA's own
-// code flushes them.
+// The float arithmetic runs under the caller's floating-point environment
+// (sgperm_threads.h), so subnormals are flushed where XLA's own code flushes
+// them.
 
 #include <algorithm>
-#include <cfenv>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <limits>
 #include <memory>
-#include <thread>
 #include <type_traits>
 #include <utility>
 #include <vector>
 
-#if defined(__SSE__) || defined(__x86_64__)
-#include <xmmintrin.h>
-#define SGPERM_HAS_MXCSR 1
-#endif
-
 #include "sgperm_dtypes.h"
 #include "sgperm_search.h"
+#include "sgperm_threads.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -318,15 +312,8 @@ void StepRow(const typename V::Raw* raw, const typename R::Raw* rec_raw,
 // stride and length) are read and written a block at a time, so that every
 // cache line of the leaves is read once.
 template <typename V, typename R>
-void StepRows(const Leaves<V, R>& leaves, Rows rows, int64_t begin,
-              int64_t end, typename V::C alpha, bool remainder,
-              const fenv_t* env, uint32_t mxcsr) {
-  std::fesetenv(env);
-#ifdef SGPERM_HAS_MXCSR
-  _mm_setcsr(mxcsr);
-#else
-  (void)mxcsr;
-#endif
+void StepRows(const Leaves<V, R>& leaves, const Rows& rows, int64_t begin,
+              int64_t end, typename V::C alpha, bool remainder) {
   Scratch<V, R> s;
   for (int64_t row = begin; row < end;) {
     const int32_t n = rows.length[row];
@@ -379,47 +366,6 @@ void StepRows(const Leaves<V, R>& leaves, Rows rows, int64_t begin,
     }
     row += block;
   }
-}
-
-// Rows are independent: split into contiguous runs of about equal length.
-template <typename V, typename R>
-void Step(const Leaves<V, R>& leaves, Rows rows, int64_t count,
-          typename V::C alpha, bool remainder) {
-  fenv_t env;
-  std::fegetenv(&env);
-  uint32_t mxcsr = 0;
-#ifdef SGPERM_HAS_MXCSR
-  mxcsr = _mm_getcsr();
-#endif
-  int64_t total = 0;
-  for (int64_t i = 0; i < count; ++i) total += std::max(rows.length[i], 0);
-  const unsigned hw = std::thread::hardware_concurrency();
-  int64_t threads = std::min<int64_t>({hw == 0 ? 1 : hw, 8, count,
-                                       std::max<int64_t>(total >> 14, 1)});
-  if (threads <= 1) {
-    StepRows<V, R>(leaves, rows, 0, count, alpha, remainder, &env, mxcsr);
-    return;
-  }
-  std::vector<int64_t> bounds = {0};
-  int64_t seen = 0;
-  for (int64_t i = 0; i < count && static_cast<int64_t>(bounds.size()) < threads;
-       ++i) {
-    seen += std::max(rows.length[i], 0);
-    if (seen * threads >= total * static_cast<int64_t>(bounds.size())) {
-      bounds.push_back(i + 1);
-    }
-  }
-  bounds.push_back(count);
-  std::vector<std::thread> pool;
-  for (size_t t = 1; t + 1 < bounds.size(); ++t) {
-    if (bounds[t] < bounds[t + 1]) {
-      pool.emplace_back(StepRows<V, R>, std::cref(leaves), rows, bounds[t],
-                        bounds[t + 1], alpha, remainder, &env, mxcsr);
-    }
-  }
-  StepRows<V, R>(leaves, rows, bounds[0], bounds[1], alpha, remainder, &env,
-                 mxcsr);
-  for (auto& th : pool) th.join();
 }
 
 // The leaves' buffers as typed pointers, checked: every leaf's weights,
@@ -489,7 +435,10 @@ ffi::Error Run(ffi::RemainingArgs args, ffi::RemainingRets rets,
           "sgperm_permute_leaves: a row lies outside its leaf");
     }
   }
-  Step<V, R>(leaves, rows, count, alpha, remainder);
+  // Rows are independent: a few threads take a run of rows each.
+  sgperm::ParallelRows(count, rows.length, [&](int64_t begin, int64_t end) {
+    StepRows<V, R>(leaves, rows, begin, end, alpha, remainder);
+  });
   return ffi::Error::Success();
 }
 

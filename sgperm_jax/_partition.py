@@ -136,38 +136,49 @@ def _is_threefry(keys: jax.Array) -> bool:
   return str(jax.random.key_impl(keys)) == "threefry2x32"
 
 
+def as_threefry(keys: jax.Array) -> jax.Array:
+  """Typed threefry keys: ``keys`` themselves, or 64 bits drawn from each
+  (for keys of another PRNG implementation) as a threefry key."""
+  if _is_threefry(keys):
+    return keys
+  data = jax.vmap(lambda k: jax.random.bits(k, (2,), jnp.uint32))(
+      keys.reshape(-1)).reshape(keys.shape + (2,))
+  return jax.random.wrap_key_data(data, impl="threefry2x32")
+
+
 def slot_bits(row_keys: jax.Array, row: jax.Array, position: jax.Array
               ) -> jax.Array:
   """32 random bits for every slot: bit ``position`` of its row's stream.
 
   Slot ``(row, position)`` gets ``jax.random.bits(row_keys[row], (n,),
-  jnp.uint32)[position]`` (with JAX's default, partitionable threefry), which
+  jnp.uint32)[position]`` (JAX's default, partitionable threefry), which
   depends on neither the row's length nor the other rows.
 
   Args:
-    row_keys: typed PRNG keys, one per row, ``(rows,)``.
+    row_keys: typed PRNG keys, one per row, ``(rows,)``; keys of another
+      implementation than threefry are first made threefry keys (see
+      :func:`as_threefry`).
     row: ``(tiles, width)`` int32 row of each slot (clipped to the keys).
     position: ``(tiles, width)`` int32 position of each slot in its row.
   """
+  # jax.extend imports Pallas: only when bits are drawn.
+  from jax.extend.random import threefry2x32_p  # pylint: disable=import-outside-toplevel
   row = jnp.clip(row, 0, row_keys.shape[0] - 1)
-  if _is_threefry(row_keys):
-    # jax.extend imports Pallas: only when bits are drawn.
-    from jax.extend.random import threefry2x32_p  # pylint: disable=import-outside-toplevel
-    data = jax.random.key_data(row_keys)
-    k1, k2 = data[row, 0], data[row, 1]
-    b1, b2 = threefry2x32_p.bind(k1, k2, jnp.zeros_like(k1),
-                                 position.astype(jnp.uint32))
-    return b1 ^ b2
-  width = position.shape[-1]
-  every = jax.vmap(lambda k: jax.random.bits(k, (width,), jnp.uint32))(
-      row_keys)
-  return every[row, position]
+  data = jax.random.key_data(as_threefry(row_keys))
+  k1, k2 = data[row, 0], data[row, 1]
+  b1, b2 = threefry2x32_p.bind(k1, k2, jnp.zeros_like(k1),
+                               position.astype(jnp.uint32))
+  return b1 ^ b2
 
 
 def typed_key(key: jax.Array) -> jax.Array:
-  """``key`` as a typed key (raw ``uint32`` keys under the default impl)."""
+  """``key`` as a typed key: raw ``uint32`` keys of two words are threefry
+  keys (as ``jax.random.PRNGKey`` makes them by default), others are read
+  with the default implementation."""
   if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
     return key
+  if jnp.shape(key)[-1:] == (2,):
+    return jax.random.wrap_key_data(key, impl="threefry2x32")
   return jax.random.wrap_key_data(key)
 
 

@@ -32,7 +32,7 @@ from sgperm_jax import _sharding
 from sgperm_jax._cycles import check_method
 from sgperm_jax._graph import permissibility_graph
 from sgperm_jax._partition import partition_size, partition_tiles, slot_bits
-from sgperm_jax._partition import typed_key
+from sgperm_jax._partition import as_threefry, typed_key
 from sgperm_jax._permute import permute
 from sgperm_jax._sorting import wide_ints
 
@@ -185,8 +185,8 @@ def _permute_leaves(key: jax.Array, leaves: list[_Leaf],
         initial=[leaf.initial for leaf in chosen] if with_initial else None,
         started=started,
         size=partition_size(hp.lamda, table.length, hp.partition_size_min),
-        keys=jax.vmap(lambda i, j: jax.random.fold_in(
-            jax.random.fold_in(key, i), j))(table.leaf_index, row_ids))
+        keys=as_threefry(jax.vmap(lambda i, j: jax.random.fold_in(
+            jax.random.fold_in(key, i), j))(table.leaf_index, row_ids)))
     out, deltas = _step(table, group, hp, cycle_search)
     for k, i in enumerate(members):
       new[i] = out[k]

@@ -19,13 +19,14 @@ from sgperm_jax import _layout
 from sgperm_jax._cycles import check_method
 from sgperm_jax._recommendation import momentum_recommendation
 from sgperm_jax._schedules import aggressiveness, partition_ratio
+from sgperm_jax._partition import typed_key
 from sgperm_jax._step import StepHyperparams, permute_tree
 
 
 class PermutationState(NamedTuple):
   """State of :func:`permute_by_recommendation`."""
   count: jax.typing.ArrayLike  # shape=(), dtype=jnp.int32: steps taken
-  rng_key: jax.Array  # raw uint32 PRNG key, split every step
+  rng_key: jax.Array  # raw uint32 threefry key data (2,), split every step
   weights: Any  # tree like params: the exact weights (zeros before step 0)
 
   def exact_params(self, params: Any) -> Any:
@@ -96,16 +97,22 @@ def permute_by_recommendation(
       not permute); one value, a tree of them, or a callable on the params
       returning such a tree. List it in ``static_args`` of
       ``optax.inject_hyperparams`` when it is a callable.
-    mesh: optional ``jax.sharding.Mesh``. With it, the rows of every leaf
-      whose row count divides the device count are split over all devices
-      of the mesh (matching parameters sharded along their last axis), and
-      each device permutes its own rows in its own search loop: the step
-      needs no communication, and gives the same result as without a mesh.
-      List it in ``static_args`` of ``optax.inject_hyperparams``.
-    cycle_search: how the cycles are searched: ``"auto"`` (by platform: a
-      native kernel on CPU, Pallas on GPU), ``"loop"`` (portable
-      JAX), ``"native"`` or ``"pallas"``; see :func:`find_cycles`. Every
-      choice gives the same result, bit for bit.
+    mesh: optional ``jax.sharding.Mesh`` of sharded params. Rows are
+      independent, so each device permutes the rows it holds, with no
+      communication, and the step gives the same result as on one device.
+      Without it, inside ``jax.jit`` the step finds the mesh itself: that of
+      the params' shardings when their types carry one (explicit axes, the
+      default of ``jax.make_mesh``), else that of ``jax.set_mesh``; a leaf's
+      rows are then split over the mesh axes of its last dimension. With a
+      mesh of automatic axes, the rows of every leaf whose row count
+      divides the device count are split over all its devices (matching
+      params sharded along their last axis). List it in ``static_args`` of
+      ``optax.inject_hyperparams``.
+    cycle_search: how a step runs: ``"auto"`` (by platform: on CPU a native
+      kernel does the whole step of every row, on GPU the JAX stages with a
+      Pallas cycle search), ``"native"``, ``"loop"`` (the JAX stages with
+      the portable cycle search) or ``"pallas"``; see :func:`find_cycles`.
+      Every choice gives the same result, bit for bit.
 
   Returns:
     An optax ``GradientTransformationExtraArgs``.
@@ -138,7 +145,8 @@ def permute_by_recommendation(
         _layout.check_float_leaf(leaf, path)
     return PermutationState(
         count=jnp.zeros([], jnp.int32),
-        rng_key=jax.random.PRNGKey(seed),
+        rng_key=jax.random.key_data(
+            jax.random.key(seed, impl="threefry2x32")),
         weights=optax.tree.zeros_like(params))
 
   def update_fn(updates, state, params=None, **extra_args):
@@ -146,15 +154,15 @@ def permute_by_recommendation(
     if params is None:
       raise ValueError("sgperm_jax: update needs params (the third argument"
                        " of tx.update); permutation starts from them.")
-    key, step_key = jax.random.split(state.rng_key)
+    key, step_key = jax.random.split(typed_key(state.rng_key))
     hp = StepHyperparams(alpha_fn(state.count), lamda_fn(state.count),
                          partition_size_min, include_partition_remainder)
     new_weights, new_updates = permute_tree(
         step_key, state.weights, updates, hp, layout=layout, mesh=mesh,
         cycle_search=cycle_search, initial=params, started=state.count > 0)
     return new_updates, PermutationState(
-        count=optax.safe_increment(state.count), rng_key=key,
-        weights=new_weights)
+        count=optax.safe_increment(state.count),
+        rng_key=jax.random.key_data(key), weights=new_weights)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 

@@ -126,3 +126,23 @@ def test_native_and_stages_give_the_same_updates(dtypes, request):
     out[method] = (steps, sgperm_jax.exact_params(p, state))
   for a, b in zip(jax.tree.leaves(out["loop"]), jax.tree.leaves(out["native"])):
     np.testing.assert_array_equal(_bits(a), _bits(b))
+
+
+def test_another_default_prng_changes_nothing():
+  """With ``rbg`` as JAX's default PRNG, the optimizer still draws threefry
+  bits (its key is threefry key data), so the step is the same, and the
+  native kernel and the stages still agree."""
+  params = _params()
+  grads = jax.tree.map(jnp.cos, params)
+  want = None
+  for impl in ("threefry2x32", "rbg"):
+    with jax.default_prng_impl(impl):
+      for method in ("loop",) + (("native",) if _native.available() else ()):
+        tx = sgperm_jax.sgperm(lamda0=0.3, cycle_search=method)
+        state = tx.init(params)
+        updates, state = jax.jit(tx.update)(grads, state, params)
+        got = jax.tree.leaves(updates)
+        if want is None:
+          want = got
+        for a, b in zip(want, got):
+          np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
