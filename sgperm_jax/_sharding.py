@@ -52,6 +52,12 @@ def find_mesh(leaves: list[Any]) -> Any:
   return None if mesh.empty else mesh
 
 
+def _same_mesh(a: Any, b: Any) -> bool:
+  """Whether two meshes (concrete or abstract) have the same axes."""
+  return (tuple(a.axis_names) == tuple(b.axis_names)
+          and dict(a.shape) == dict(b.shape))
+
+
 def _axes(entry: Any) -> tuple[str, ...]:
   if entry is None:
     return ()
@@ -67,7 +73,7 @@ def row_axes(leaf: Any, layout: _layout.RowLayout, mesh: Any
     return ()
   rows = shape[-1]
   sharding = _named_sharding(leaf)
-  if sharding is not None and sharding.mesh == mesh:
+  if sharding is not None and _same_mesh(sharding.mesh, mesh):
     spec = tuple(sharding.spec) + (None,) * (len(shape) - len(sharding.spec))
     axes = _axes(spec[-1])
   else:

@@ -54,6 +54,8 @@ def delta(weights: jax.Array, params: Any) -> jax.Array:
   """
   params = jnp.asarray(params)
   d = (weights - params).astype(params.dtype)
+  if not jnp.issubdtype(d.dtype, jnp.floating):
+    return d  # leaves left alone (integer, complex): plain difference
   # Whether the rounded difference is finite, from its bits: XLA may keep a
   # bfloat16 difference in float32 for a float test (excess precision).
   bits = {2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint64}[d.dtype.itemsize]

@@ -43,27 +43,35 @@ class ConvNet(nnx.Module):
   """
 
   def __init__(self, image_shape: Sequence[int], channels: Sequence[int],
-               num_classes: int, *, rngs: nnx.Rngs):
+               num_classes: int, *, batch_norm: bool = False,
+               rngs: nnx.Rngs):
     height, width, depth = image_shape
-    convs = []
+    convs, norms = [], []
     for out in channels:
-      convs.append(nnx.Conv(depth, out, (3, 3), rngs=rngs))
+      convs.append(nnx.Conv(depth, out, (3, 3), use_bias=not batch_norm,
+                            rngs=rngs))
+      norms.append(nnx.BatchNorm(out, rngs=rngs) if batch_norm else None)
       depth, height, width = out, height // 2, width // 2
     if height < 1 or width < 1:
       raise ValueError(f"ConvNet: {len(channels)} pooling layers shrink"
                        f" {tuple(image_shape[:2])} images to nothing")
     self.convs = nnx.List(convs)
+    self.norms = nnx.List(norms) if batch_norm else None
     self.head = nnx.Linear(height * width * depth, num_classes, rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    for conv in self.convs:
-      x = nnx.avg_pool(nnx.relu(conv(x)), (2, 2), strides=(2, 2))
+    for i, conv in enumerate(self.convs):
+      x = conv(x)
+      if self.norms is not None:
+        x = self.norms[i](x)
+      x = nnx.avg_pool(nnx.relu(x), (2, 2), strides=(2, 2))
     return self.head(x.reshape(x.shape[0], -1))
 
 
 def make_model(name: str, image_shape: Sequence[int], num_classes: int, *,
                seed: int = 0, hidden: Sequence[int] = DEFAULT_HIDDEN,
-               channels: Sequence[int] = DEFAULT_CHANNELS) -> nnx.Module:
+               channels: Sequence[int] = DEFAULT_CHANNELS,
+               batch_norm: bool = False) -> nnx.Module:
   """Builds ``"mlp"`` or ``"conv"`` for images of ``image_shape``.
 
   Args:
@@ -73,6 +81,9 @@ def make_model(name: str, image_shape: Sequence[int], num_classes: int, *,
     seed: seed of the initial weights.
     hidden: hidden layer widths of the MLP.
     channels: output channels of each convolution of the convnet.
+    batch_norm: whether the convnet normalises each convolution's output
+      with ``nnx.BatchNorm`` (batch statistics in training, running
+      averages in evaluation).
 
   Returns:
     The model, an ``nnx.Module`` mapping ``(batch, *image_shape)`` to logits.
@@ -88,5 +99,6 @@ def make_model(name: str, image_shape: Sequence[int], num_classes: int, *,
   if name == "mlp":
     return MLP(math.prod(image_shape), hidden, num_classes, rngs=rngs)
   if name == "conv":
-    return ConvNet(image_shape, channels, num_classes, rngs=rngs)
+    return ConvNet(image_shape, channels, num_classes, batch_norm=batch_norm,
+                   rngs=rngs)
   raise ValueError(f"model must be one of {MODELS}, got {name!r}")

@@ -40,7 +40,8 @@ def require_matplotlib() -> Any:
   return matplotlib
 
 
-def _figure(figsize: tuple[float, float]) -> Any:
+def figure(figsize: tuple[float, float]) -> Any:
+  """A matplotlib ``Figure`` (no pyplot state), laid out by constraints."""
   return require_matplotlib().figure.Figure(figsize=figsize,
                                             layout="constrained")
 
@@ -73,7 +74,7 @@ def plot_history(histories: Mapping[str, Mapping[str, Sequence[float]]], *,
   require_matplotlib()
   # pylint: disable-next=import-outside-toplevel
   from matplotlib import lines, ticker
-  fig = _figure((10, 4))
+  fig = figure((10, 4))
   loss_ax, acc_ax = fig.subplots(1, 2)
   handles = []
   for i, (name, history) in enumerate(histories.items()):
@@ -271,7 +272,7 @@ def plot_one_step(step: OneStep, *, title: str | None = None) -> Any:
     >>> len(plotting.plot_one_step(step).axes)
     4
   """
-  fig = _figure((max(8.0, 0.45 * len(step.values) + 2), 11))
+  fig = figure((max(8.0, 0.45 * len(step.values) + 2), 11))
   axes = fig.subplots(4, 1, sharex=True, sharey=True)
   values = step.values
   r = np.asarray(step.partition.recommendations[0])

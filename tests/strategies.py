@@ -6,8 +6,6 @@ aggressiveness and remainder rule vary: the cases where the stages and the
 searches are easiest to get wrong.
 """
 
-import itertools
-
 import jax.numpy as jnp
 import numpy as np
 from hypothesis import strategies as st
@@ -39,11 +37,6 @@ def random_rows(rng, rows, n, distinct, scale=1.0, zeros=0.0, special=0.0,
   mask = rng.random((rows, n)) < special
   r[mask] = rng.choice([np.nan, np.inf, -np.inf], size=mask.sum())
   return w, r
-
-
-def shapes(rows, lengths):
-  """Every ``(rows, n)`` pair: few shapes, one compilation each."""
-  return list(itertools.product(rows, lengths))
 
 
 @st.composite

@@ -10,15 +10,15 @@ def test_bench_prints_the_table_and_writes_json(tmp_path, capsys):
   out = tmp_path / "bench.json"
   assert bench.main(["--models", "mlp", "--ratios", "1.0", "--repeats", "1",
                      "--scaling-total", "2000", "--scaling-lengths", "100,1000",
-                     "--cycle-search", "auto,loop", "--laperm", "mlp",
+                     "--cycle-search", "auto,native", "--laperm", "mlp",
                      "--json", str(out)]) == 0
   table = capsys.readouterr().out
   assert "MLP 784-300-100-10" in table and "SGPerm/floor" in table
   assert "compile s" in table and "int32 sort floor ms" in table
   data = json.loads(out.read_text())
-  row, loop = data["models"]
+  row, native = data["models"]
   assert row["cycle_search"] == sgperm_jax.auto_method("cpu")
-  assert loop["cycle_search"] == "loop"
+  assert native["cycle_search"] == "native"
   assert row["params"] == 784 * 300 + 300 + 300 * 100 + 100 + 100 * 10 + 10
   assert row["sgperm_s"] > 0 and row["sort_floor_s"] > 0 and row["adam_s"] > 0
   assert row["compile_s"] > 0 and row["argsort_floor_s"] > 0

@@ -47,7 +47,7 @@ def _check(w, r, size, alpha, remainder, seed):
   return np.asarray(native)
 
 
-_SHAPES = strategies.shapes([1, 3], [2, 5, 16, 40])
+_SHAPES = [(1, 2), (3, 5), (2, 16), (3, 40)]  # one compilation per shape
 
 
 def test_available():
@@ -66,8 +66,8 @@ def test_spec_example():
 
 
 @needs_native
-@settings(max_examples=80, deadline=None)
-@given(strategies.stage_inputs(_SHAPES))
+@settings(max_examples=60, deadline=None)
+@given(strategies.stage_inputs(_SHAPES, dtypes=("bfloat16", "float32")))
 def test_matches_portable_search(case):
   _check(*case)
 

@@ -16,7 +16,7 @@ from sgperm_jax import _cycles_common, _partition
 @st.composite
 def _case(draw):
   rows = draw(st.sampled_from([1, 4]))
-  n = draw(st.sampled_from([1, 2, 7, 64, 300]))
+  n = draw(st.sampled_from([1, 7, 300]))
   seed = draw(st.integers(0, 2**31 - 1))
   rng = np.random.default_rng(seed)
   palette = np.concatenate([

@@ -1,0 +1,483 @@
+"""The ``sgperm-jax quality`` command: how well each optimizer learns, task by task.
+
+Every task (an MLP and convnets on the digits, a 1-D convnet on generated
+signals, a permuted-output ReLU regression) is trained with Adam, SGPerm,
+LaPerm (Adam inside) and SGPerm-Adam from the same initial weights, on the
+same batches, for several seeds. Permutation optimizers are scored on their
+exact weights (:func:`sgperm_jax.exact_params`); LaPerm is also scored on its
+free weights, which shows what the synchronisation costs.
+
+``--preset quick`` runs in a few minutes on a 2-core CPU; ``--preset full``
+trains longer, on more seeds. The result is a markdown table (stdout and
+``--md``), JSON (``--json``) and a bar chart (``--plot``). Run
+``sgperm-jax quality -h`` for the options.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import pathlib
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax import lax
+
+import sgperm_jax
+from sgperm_jax import data as data_lib
+from sgperm_jax import models
+
+OPTIMIZERS = ("adam", "sgperm", "laperm", "sgperm-adam")
+PERMUTATION_OPTIMIZERS = ("sgperm", "laperm", "sgperm-adam")
+
+
+# ------------------------------------------------------------------ the data
+
+
+@dataclasses.dataclass(frozen=True)
+class Arrays:
+  """Inputs and targets of one task, split into train and test."""
+  x_train: np.ndarray
+  y_train: np.ndarray
+  x_test: np.ndarray
+  y_test: np.ndarray
+
+
+def signals(count: int, length: int = 128, seed: int = 0
+            ) -> tuple[np.ndarray, np.ndarray]:
+  """A 6-class 1-D signal task: ``(count, length, 1)`` signals and labels.
+
+  The classes are sine, square, sawtooth and triangle waves, a chirp and a
+  damped sine, each with a random frequency (2-8 cycles), phase and
+  amplitude, plus Gaussian noise of standard deviation 0.5: telling them
+  apart needs the shape of a few periods, which a small 1-D convnet learns.
+  """
+  rng = np.random.default_rng(seed)
+  t = np.linspace(0.0, 1.0, length, endpoint=False)[None, :]
+  labels = rng.integers(0, 6, count)
+  cycles = rng.uniform(2.0, 8.0, (count, 1))
+  phase = rng.uniform(0.0, 1.0, (count, 1))
+  amplitude = rng.uniform(0.5, 1.5, (count, 1))
+  x = (cycles * t + phase) % 1.0  # phase in [0, 1)
+  waves = np.stack([
+      np.sin(2 * np.pi * x),
+      np.where(x < 0.5, 1.0, -1.0),
+      2 * x - 1,
+      4 * np.abs(x - 0.5) - 1,
+      np.sin(2 * np.pi * (cycles * t * (0.5 + t) + phase)),
+      np.sin(2 * np.pi * x) * np.exp(-3.0 * t),
+  ])
+  out = waves[labels, np.arange(count)] * amplitude
+  out += rng.normal(0.0, 0.5, out.shape)
+  return out[..., None].astype(np.float32), labels.astype(np.int32)
+
+
+def regression_target(x: np.ndarray) -> np.ndarray:
+  """The regression task's function, ``-sin(2 pi x)``."""
+  return -np.sin(2 * np.pi * x)
+
+
+def _digits() -> Arrays:
+  d = data_lib.load_digits()
+  return Arrays(d.x_train, d.y_train, d.x_test, d.y_test)
+
+
+def _csv(path: str) -> Callable[[], Arrays]:
+  def load() -> Arrays:
+    d = data_lib.load_csv(path)
+    return Arrays(d.x_train, d.y_train, d.x_test, d.y_test)
+  return load
+
+
+def _signals() -> Arrays:
+  x, y = signals(4000, seed=1)
+  return Arrays(x[:3000], y[:3000], x[3000:], y[3000:])
+
+
+def _regression() -> Arrays:
+  rng = np.random.default_rng(2)
+  x_train = rng.uniform(0.0, 1.0, (256, 1)).astype(np.float32)
+  x_test = np.linspace(0.0, 1.0, 1000, dtype=np.float32)[:, None]
+  return Arrays(x_train, regression_target(x_train).astype(np.float32),
+                x_test, regression_target(x_test).astype(np.float32))
+
+
+# ---------------------------------------------------------------- the models
+
+
+class Conv1D(nnx.Module):
+  """1-D convolutions (width 5) with ReLU and pooling by 2, then a head."""
+
+  def __init__(self, length: int, channels: Sequence[int], num_classes: int,
+               *, rngs: nnx.Rngs):
+    depth = 1
+    convs = []
+    for out in channels:
+      convs.append(nnx.Conv(depth, out, (5,), rngs=rngs))
+      depth, length = out, length // 2
+    self.convs = nnx.List(convs)
+    self.head = nnx.Linear(length * depth, num_classes, rngs=rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    for conv in self.convs:
+      x = nnx.avg_pool(nnx.relu(conv(x)), (2,), strides=(2,))
+    return self.head(x.reshape(x.shape[0], -1))
+
+
+class PermutedRegression(nnx.Module):
+  """``x -> sum_k v_k relu(s_k (x - c_k))``: Cai, Chen and Qiao's setting.
+
+  The hidden layer (``2 width`` units, half of each slope sign, kinks ``c_k``
+  spread over ``[0, 1]``) is fixed; only the output weights ``v``, drawn
+  uniformly from ``[-1, 1]``, are trained (permuted, for a permutation
+  optimizer).
+  """
+
+  def __init__(self, width: int, *, rngs: nnx.Rngs):
+    key = rngs.params()
+    k1, k2 = jax.random.split(key)
+    slopes = jnp.concatenate([jnp.ones(width), -jnp.ones(width)])
+    kinks = jax.random.uniform(k1, (2 * width,))
+    self.hidden = nnx.Linear(1, 2 * width, rngs=rngs)
+    self.hidden.kernel = nnx.Param(slopes[None, :])
+    self.hidden.bias = nnx.Param(-slopes * kinks)
+    self.out = nnx.Linear(2 * width, 1, use_bias=False, rngs=rngs)
+    self.out.kernel = nnx.Param(
+        jax.random.uniform(k2, (2 * width, 1), minval=-1.0, maxval=1.0))
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return self.out(nnx.relu(self.hidden(x)))
+
+
+# ----------------------------------------------------------------- the tasks
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+  """One learning problem of the suite."""
+  name: str
+  description: str
+  load: Callable[[], Arrays]
+  model: Callable[[int], nnx.Module]  # seed -> model
+  epochs: dict[str, int]  # per preset
+  batch_size: int = 32
+  regression: bool = False  # scored by test MSE, not accuracy
+  frozen: Callable[[tuple[Any, ...]], bool] | None = None  # by leaf path
+
+
+def _frozen_hidden(path: tuple[Any, ...]) -> bool:
+  return any(getattr(p, "key", None) == "hidden" for p in path)
+
+
+def tasks(csv: str | None = None, widths: Sequence[int] = (16, 64)
+          ) -> dict[str, Task]:
+  """The suite's tasks by name; ``csv`` adds an MNIST-style CSV task."""
+  digit_shape, classes = (8, 8, 1), 10
+  out = [
+      Task("mlp-digits", "MLP 64-128-10, sklearn digits", _digits,
+           lambda s: models.make_model("mlp", digit_shape, classes, seed=s),
+           {"quick": 10, "full": 30}),
+      Task("cnn-digits", "convnet 16-32, no BatchNorm, digits", _digits,
+           lambda s: models.make_model("conv", digit_shape, classes, seed=s),
+           {"quick": 10, "full": 30}),
+      Task("cnn-bn-digits", "convnet 16-32 with BatchNorm, digits", _digits,
+           lambda s: models.make_model("conv", digit_shape, classes, seed=s,
+                                       batch_norm=True),
+           {"quick": 10, "full": 30}),
+      Task("cnn1d-signals", "1-D convnet 16-32, 6 generated waveforms",
+           _signals,
+           lambda s: Conv1D(128, (16, 32), 6, rngs=nnx.Rngs(s)),
+           {"quick": 4, "full": 15}),
+  ]
+  for width in widths:
+    out.append(Task(
+        f"regression-w{width}",
+        f"1 -> {2 * width} -> 1 ReLU, output permuted, -sin(2 pi x)",
+        _regression,
+        lambda s, w=width: PermutedRegression(w, rngs=nnx.Rngs(s)),
+        {"quick": 100, "full": 300}, batch_size=32, regression=True,
+        frozen=_frozen_hidden))
+  if csv is not None:
+    out.append(Task("mlp-csv", f"MLP 784-100-10, {pathlib.Path(csv).name}",
+                    _csv(csv),
+                    lambda s: models.make_model("mlp", (28, 28, 1), 10,
+                                                seed=s, hidden=(100,)),
+                    {"quick": 3, "full": 10}, batch_size=64))
+  return {t.name: t for t in out}
+
+
+# ------------------------------------------------------------- the optimizers
+
+
+def make_optimizer(name: str, seed: int) -> optax.GradientTransformation:
+  """The library's defaults: what a user gets without tuning."""
+  if name == "adam":
+    return optax.adam(1e-3)
+  if name == "sgperm":
+    return sgperm_jax.sgperm(seed=seed)
+  if name == "laperm":
+    return sgperm_jax.laperm(optax.adam(1e-3))
+  if name == "sgperm-adam":
+    return optax.chain(optax.scale_by_adam(),
+                       sgperm_jax.permute_by_recommendation(seed=seed))
+  raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {name!r}")
+
+
+def _with_frozen(tx: optax.GradientTransformation, params: Any,
+                 frozen: Callable[[tuple[Any, ...]], bool] | None
+                 ) -> optax.GradientTransformation:
+  if frozen is None:
+    return tx
+  labels = jax.tree_util.tree_map_with_path(
+      lambda path, _: "frozen" if frozen(path) else "train", params)
+  return optax.partition({"train": tx, "frozen": optax.set_to_zero()},
+                         labels)
+
+
+# ------------------------------------------------------------------ the loop
+
+
+@dataclasses.dataclass
+class Run:
+  """One optimizer on one task with one seed."""
+  task: str
+  optimizer: str
+  seed: int
+  score: float  # test accuracy of the exact weights (MSE for regression)
+  free_score: float  # the same for the params as they are
+  seconds: float
+
+
+def _batches(seed: int, epochs: int, count: int, batch_size: int
+             ) -> np.ndarray:
+  size = min(batch_size, count)
+  steps = count // size
+  rng = np.random.default_rng([seed, 7])
+  return np.stack([rng.permutation(count)[:steps * size].reshape(steps, size)
+                   for _ in range(epochs)]).reshape(-1, size)
+
+
+def train_one(task: Task, arrays: Arrays, optimizer: str, seed: int,
+              epochs: int) -> Run:
+  """Trains ``optimizer`` on ``task`` from the seed's initial weights."""
+  start = time.perf_counter()
+  model = task.model(seed)
+  model.train()
+  graph_train, params, rest = nnx.split(model, nnx.Param, ...)
+  model.eval()
+  graph_eval = nnx.split(model, nnx.Param, ...)[0]
+  tx = _with_frozen(make_optimizer(optimizer, seed), params, task.frozen)
+  opt_state = tx.init(params)
+  x, y = jnp.asarray(arrays.x_train), jnp.asarray(arrays.y_train)
+
+  def loss_fn(p, r, xb, yb, graphdef):
+    m = nnx.merge(graphdef, p, r)
+    out = m(xb)
+    if task.regression:
+      loss = jnp.mean((out - yb) ** 2)
+    else:
+      loss = jnp.mean(
+          optax.softmax_cross_entropy_with_integer_labels(out, yb))
+    return loss, nnx.state(m, nnx.Not(nnx.Param))  # BatchNorm statistics
+
+  def step(carry, batch):
+    p, r, s = carry
+    grads, r = jax.grad(loss_fn, has_aux=True)(
+        p, r, x[batch], y[batch], graph_train)
+    updates, s = tx.update(grads, s, p)
+    return (optax.apply_updates(p, updates), r, s), None
+
+  @jax.jit
+  def train(p, r, s, batches):
+    return lax.scan(step, (p, r, s), batches)[0]
+
+  @jax.jit
+  def score(p, r, s):
+    exact = sgperm_jax.exact_params(p, s) if optimizer in (
+        PERMUTATION_OPTIMIZERS) else p
+    out = []
+    for q in (exact, p):
+      pred = nnx.merge(graph_eval, q, r)(jnp.asarray(arrays.x_test))
+      if task.regression:
+        out.append(jnp.mean((pred - jnp.asarray(arrays.y_test)) ** 2))
+      else:
+        out.append(jnp.mean(jnp.argmax(pred, -1) == arrays.y_test))
+    return jnp.stack(out)
+
+  batches = _batches(seed, epochs, len(arrays.y_train), task.batch_size)
+  params, rest, opt_state = train(params, rest, opt_state,
+                                  jnp.asarray(batches))
+  exact, free = (float(v) for v in score(params, rest, opt_state))
+  return Run(task.name, optimizer, seed, exact, free,
+             time.perf_counter() - start)
+
+
+# --------------------------------------------------------------- reporting
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+  return float(np.mean(values)), float(np.std(values))
+
+
+def summarize(runs: Sequence[Run], task_list: Sequence[Task]
+              ) -> list[dict[str, Any]]:
+  """Per task and optimizer: mean and std over seeds of every measure."""
+  rows = []
+  for task in task_list:
+    for opt in OPTIMIZERS:
+      mine = [r for r in runs if r.task == task.name and r.optimizer == opt]
+      if not mine:
+        continue
+      score, score_std = _mean_std([r.score for r in mine])
+      free, free_std = _mean_std([r.free_score for r in mine])
+      rows.append(dict(task=task.name, optimizer=opt,
+                       metric="test MSE" if task.regression else "accuracy",
+                       seeds=len(mine), score=score, score_std=score_std,
+                       free_score=free, free_score_std=free_std,
+                       seconds=float(np.mean([r.seconds for r in mine]))))
+  return rows
+
+
+def markdown(rows: Sequence[dict[str, Any]], task_list: Sequence[Task]
+             ) -> str:
+  """One line per task: each optimizer's mean ± std, and LaPerm's free one."""
+  def cell(row):
+    if row is None:
+      return "-"
+    if row["metric"] == "accuracy":
+      return f"{100 * row['score']:.1f} ± {100 * row['score_std']:.1f}"
+    return f"{row['score']:.4f} ± {row['score_std']:.4f}"
+
+  head = ["task", "metric", *OPTIMIZERS, "laperm free", "seconds/run"]
+  lines = ["| " + " | ".join(head) + " |",
+           "|---|---|" + "---:|" * (len(head) - 2)]
+  for task in task_list:
+    by_opt = {r["optimizer"]: r for r in rows if r["task"] == task.name}
+    if not by_opt:
+      continue
+    lap = by_opt.get("laperm")
+    free = None if lap is None else dict(
+        lap, score=lap["free_score"], score_std=lap["free_score_std"])
+    metric = next(iter(by_opt.values()))["metric"]
+    seconds = " / ".join(f"{by_opt[o]['seconds']:.1f}" for o in OPTIMIZERS
+                         if o in by_opt)
+    lines.append("| " + " | ".join(
+        [task.name, "% accuracy" if metric == "accuracy" else metric,
+         *(cell(by_opt.get(o)) for o in OPTIMIZERS), cell(free), seconds])
+                 + " |")
+  return "\n".join(lines)
+
+
+def plot(rows: Sequence[dict[str, Any]], path: pathlib.Path) -> None:
+  """Bars of each task's score per optimizer (error bars: std over seeds)."""
+  from sgperm_jax import plotting  # pylint: disable=import-outside-toplevel
+  names = list(dict.fromkeys(r["task"] for r in rows))
+  fig = plotting.figure((3.2 * len(names), 3.4))
+  for i, name in enumerate(names):
+    ax = fig.add_subplot(1, len(names), i + 1)
+    mine = [r for r in rows if r["task"] == name]
+    ax.bar([r["optimizer"] for r in mine], [r["score"] for r in mine],
+           yerr=[r["score_std"] for r in mine], color="C0")
+    ax.set_title(name, fontsize=9)
+    ax.set_ylabel(mine[0]["metric"])
+    ax.tick_params(axis="x", labelrotation=45, labelsize=8)
+  fig.savefig(path, dpi=100)
+
+
+# ---------------------------------------------------------------- the command
+
+
+def _names(text: str, known: Sequence[str], what: str) -> list[str]:
+  names = [n.strip() for n in text.split(",") if n.strip()]
+  bad = [n for n in names if n not in known]
+  if bad or not names:
+    raise argparse.ArgumentTypeError(
+        f"unknown {what} {', '.join(bad) or '(none)'}; choose from"
+        f" {', '.join(known)}")
+  return names
+
+
+def build_parser() -> argparse.ArgumentParser:
+  """The options of ``sgperm-jax quality``."""
+  p = argparse.ArgumentParser(
+      prog="sgperm-jax quality",
+      description="Train every task with every optimizer and several seeds;"
+                  " print a table of test scores.",
+      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+  p.add_argument("--preset", choices=("quick", "full"), default="quick",
+                 help="epochs per task: quick (minutes) or full")
+  p.add_argument("--seeds", type=int, default=3, help="seeds per task")
+  p.add_argument("--tasks", default=None,
+                 help="comma-separated task names (default: all)")
+  p.add_argument("--optimizers", default=",".join(OPTIMIZERS),
+                 help="comma-separated optimizers")
+  p.add_argument("--csv", default=None,
+                 help="an MNIST-style CSV (label, 784 pixels) to add the"
+                      " mlp-csv task")
+  p.add_argument("--epochs-scale", type=float, default=1.0,
+                 help="multiply every task's epochs (smoke tests)")
+  p.add_argument("--json", default=None, help="write the results as JSON")
+  p.add_argument("--md", default=None, help="write the table as markdown")
+  p.add_argument("--plot", default=None, help="write a bar chart (PNG)")
+  return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  """Runs the suite; returns the exit status (2 for a bad option)."""
+  parser = build_parser()
+  args = parser.parse_args(argv)
+  known = tasks(args.csv)
+  try:
+    names = (list(known) if args.tasks is None
+             else _names(args.tasks, list(known), "task"))
+    optimizers = _names(args.optimizers, OPTIMIZERS, "optimizer")
+  except argparse.ArgumentTypeError as e:
+    parser.error(str(e))
+  if args.seeds < 1:
+    parser.error("--seeds must be at least 1")
+  if args.epochs_scale <= 0:
+    parser.error("--epochs-scale must be positive")
+  chosen = [known[n] for n in names]
+  runs = []
+  start = time.perf_counter()
+  for task in chosen:
+    try:
+      arrays = task.load()
+    except data_lib.DataError as e:
+      print(f"sgperm-jax quality: {e}", file=sys.stderr)
+      return 2
+    epochs = max(1, math.ceil(task.epochs[args.preset] * args.epochs_scale))
+    for opt in optimizers:
+      for seed in range(args.seeds):
+        run = train_one(task, arrays, opt, seed, epochs)
+        runs.append(run)
+        print(f"  {task.name:>16} {opt:>11} seed {seed}: {run.score:.4f}"
+              f" (free {run.free_score:.4f}) in {run.seconds:.1f} s",
+              file=sys.stderr, flush=True)
+  rows = summarize(runs, chosen)
+  table = markdown(rows, chosen)
+  print(table)
+  print(f"\n{len(runs)} runs in {time.perf_counter() - start:.0f} s"
+        f" ({jax.devices()[0].platform}, preset {args.preset})")
+  if args.md:
+    pathlib.Path(args.md).write_text(table + "\n")
+  if args.json:
+    pathlib.Path(args.json).write_text(json.dumps(dict(
+        preset=args.preset, seeds=args.seeds, backend=jax.default_backend(),
+        rows=rows, runs=[dataclasses.asdict(r) for r in runs]), indent=1))
+  if args.plot:
+    plot(rows, pathlib.Path(args.plot))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
