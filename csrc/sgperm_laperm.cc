@@ -28,6 +28,7 @@
 #include <vector>
 
 #include "sgperm_dtypes.h"
+#include "sgperm_ffi.h"
 #include "sgperm_search.h"
 #include "sgperm_threads.h"
 #include "xla/ffi/api/ffi.h"
@@ -36,10 +37,6 @@ namespace ffi = xla::ffi;
 
 namespace {
 
-using sgperm::BF16;
-using sgperm::F16;
-using sgperm::F32;
-using sgperm::F64;
 
 // The key values are ranked by: their order, NaNs (any) after everything.
 template <typename V>
@@ -195,19 +192,11 @@ ffi::Error DispatchUpdates(ffi::DataType updates_type, const Rows& rows,
                            int64_t count, bool fill, bool sync,
                            ffi::RemainingArgs args, ffi::RemainingRets rets,
                            int64_t leaves_count) {
-  switch (updates_type) {
-    case ffi::DataType::F32:
-      return Run<V, F32>(rows, count, fill, sync, args, rets, leaves_count);
-    case ffi::DataType::F64:
-      return Run<V, F64>(rows, count, fill, sync, args, rets, leaves_count);
-    case ffi::DataType::F16:
-      return Run<V, F16>(rows, count, fill, sync, args, rets, leaves_count);
-    case ffi::DataType::BF16:
-      return Run<V, BF16>(rows, count, fill, sync, args, rets, leaves_count);
-    default:
-      return ffi::Error::InvalidArgument(
-          "sgperm_laperm_sync: updates must be f16, bf16, f32 or f64");
-  }
+  return sgperm::WithFloatKind(
+      updates_type, "sgperm_laperm_sync: updates", [&](auto u) {
+        return Run<V, decltype(u)>(rows, count, fill, sync, args, rets,
+                                   leaves_count);
+      });
 }
 
 ffi::Error LapermSyncImpl(ffi::Buffer<ffi::S64> offset,
@@ -250,23 +239,11 @@ ffi::Error LapermSyncImpl(ffi::Buffer<ffi::S64> offset,
                   length.typed_data(), leaf.typed_data()};
   const bool f = *fill.typed_data(), s = *sync.typed_data();
   const ffi::DataType ut = first_updates->element_type();
-  switch (first->element_type()) {
-    case ffi::DataType::F32:
-      return DispatchUpdates<F32>(ut, rows, count, f, s, args, rets,
-                                  leaves_count);
-    case ffi::DataType::F64:
-      return DispatchUpdates<F64>(ut, rows, count, f, s, args, rets,
-                                  leaves_count);
-    case ffi::DataType::F16:
-      return DispatchUpdates<F16>(ut, rows, count, f, s, args, rets,
-                                  leaves_count);
-    case ffi::DataType::BF16:
-      return DispatchUpdates<BF16>(ut, rows, count, f, s, args, rets,
-                                   leaves_count);
-    default:
-      return ffi::Error::InvalidArgument(
-          "sgperm_laperm_sync: params must be f16, bf16, f32 or f64");
-  }
+  return sgperm::WithFloatKind(
+      first->element_type(), "sgperm_laperm_sync: params", [&](auto v) {
+        return DispatchUpdates<decltype(v)>(ut, rows, count, f, s, args, rets,
+                                            leaves_count);
+      });
 }
 
 }  // namespace

@@ -51,6 +51,7 @@
 #include <vector>
 
 #include "sgperm_dtypes.h"
+#include "sgperm_ffi.h"
 #include "sgperm_search.h"
 #include "sgperm_threads.h"
 #include "xla/ffi/api/ffi.h"
@@ -59,10 +60,6 @@ namespace ffi = xla::ffi;
 
 namespace {
 
-using sgperm::BF16;
-using sgperm::F16;
-using sgperm::F32;
-using sgperm::F64;
 using sgperm::ThreefryBits;
 
 // ------------------------------------------------------------ one row
@@ -457,25 +454,11 @@ ffi::Error DispatchRecs(ffi::DataType recs_type, ffi::RemainingArgs args,
     return ffi::Error::InvalidArgument(
         "sgperm_permute_leaves: alpha must be float32 or float64");
   }
-  const auto run = [&](auto tag) {
-    using R = decltype(tag);
-    return Run<V, R>(args, rets, leaves_count, with_updates, rows, count, a,
-                     remainder, started);
-  };
-  switch (recs_type) {
-    case ffi::DataType::F32:
-      return run(F32{});
-    case ffi::DataType::F64:
-      return run(F64{});
-    case ffi::DataType::F16:
-      return run(F16{});
-    case ffi::DataType::BF16:
-      return run(BF16{});
-    default:
-      return ffi::Error::InvalidArgument(
-          "sgperm_permute_leaves: recommendations must be f16, bf16, f32 or "
-          "f64");
-  }
+  return sgperm::WithFloatKind(
+      recs_type, "sgperm_permute_leaves: recommendations", [&](auto r) {
+        return Run<V, decltype(r)>(args, rets, leaves_count, with_updates,
+                                   rows, count, a, remainder, started);
+      });
 }
 
 ffi::Error PermuteLeavesImpl(ffi::Buffer<ffi::S64> offset,
@@ -528,23 +511,12 @@ ffi::Error PermuteLeavesImpl(ffi::Buffer<ffi::S64> offset,
   const bool rem = *remainder.typed_data();
   const bool start = *started.typed_data();
   const ffi::DataType recs_type = first_recs->element_type();
-  switch (first->element_type()) {
-    case ffi::DataType::F32:
-      return DispatchRecs<F32>(recs_type, args, rets, leaves_count,
-                               with_updates, rows, count, alpha, rem, start);
-    case ffi::DataType::F64:
-      return DispatchRecs<F64>(recs_type, args, rets, leaves_count,
-                               with_updates, rows, count, alpha, rem, start);
-    case ffi::DataType::F16:
-      return DispatchRecs<F16>(recs_type, args, rets, leaves_count,
-                               with_updates, rows, count, alpha, rem, start);
-    case ffi::DataType::BF16:
-      return DispatchRecs<BF16>(recs_type, args, rets, leaves_count,
-                                with_updates, rows, count, alpha, rem, start);
-    default:
-      return ffi::Error::InvalidArgument(
-          "sgperm_permute_leaves: weights must be f16, bf16, f32 or f64");
-  }
+  return sgperm::WithFloatKind(
+      first->element_type(), "sgperm_permute_leaves: weights", [&](auto v) {
+        return DispatchRecs<decltype(v)>(recs_type, args, rets, leaves_count,
+                                         with_updates, rows, count, alpha, rem,
+                                         start);
+      });
 }
 
 }  // namespace

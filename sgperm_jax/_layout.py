@@ -91,6 +91,12 @@ def row_shape(shape: tuple[int, ...], spec: RowLayout) -> tuple[int, int] | None
   return rows, n
 
 
+def row_axes(ndim: int, spec: RowLayout) -> tuple[int, ...] | None:
+  """The axes a reduction over each row of a leaf runs along (``None``: all,
+  the leaf is one row), for use with ``keepdims=True``."""
+  return tuple(range(ndim - 1)) if spec == NEURONS and ndim >= 2 else None
+
+
 def to_rows(x: jax.Array, spec: RowLayout) -> jax.Array:
   """Views a leaf as ``(rows, n)``; row ``j`` of a kernel is ``x[..., j]``."""
   if spec == WHOLE or x.ndim == 1:

@@ -17,7 +17,7 @@ import optax
 from sgperm_jax import _checks
 from sgperm_jax import _layout
 from sgperm_jax._cycles import check_method
-from sgperm_jax._recommendation import momentum_recommendation
+from sgperm_jax._recommendation import center_rows, momentum_recommendation
 from sgperm_jax._schedules import aggressiveness, partition_ratio
 from sgperm_jax._partition import typed_key
 from sgperm_jax._step import StepHyperparams, permute_tree
@@ -65,6 +65,7 @@ def permute_by_recommendation(
     layout: _layout.LayoutSpec = "neurons",
     mesh: jax.sharding.Mesh | None = None,
     cycle_search: str = "auto",
+    center_recommendations: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
   """Permutes the weights within each row, following the incoming updates.
 
@@ -113,6 +114,16 @@ def permute_by_recommendation(
       Pallas cycle search), ``"native"``, ``"loop"`` (the JAX stages with
       the portable cycle search) or ``"pallas"``; see :func:`find_cycles`.
       Every choice gives the same result, bit for bit.
+    center_recommendations: subtract from each row's recommendations
+      their mean over the row's active slots (ours, not the paper's; on by
+      default, ``False`` gives the paper's step exactly). A permutation keeps each row's sum, so the part of a
+      recommendation that asks the whole row to rise or fall cannot be
+      followed; when it dominates, every slot of a row asks the same way,
+      the permissibility graph has no cycle and the row stalls. Centering
+      keeps only the part a permutation can follow: which slots should grow
+      relative to the others. It never hurt and often helped on the
+      quality suite (``sgperm-jax quality``), see the README's "When does
+      permutation training work".
 
   Returns:
     An optax ``GradientTransformationExtraArgs``.
@@ -134,6 +145,7 @@ def permute_by_recommendation(
   lamda_fn = partition_ratio(lamda0, beta2, lamda_max)
   _layout.check_layout(layout)
   check_method(cycle_search)
+  _checks.boolean("center_recommendations", center_recommendations)
 
   def init_fn(params):
     specs = _layout.resolve_layout(layout, params)
@@ -157,6 +169,10 @@ def permute_by_recommendation(
     key, step_key = jax.random.split(typed_key(state.rng_key))
     hp = StepHyperparams(alpha_fn(state.count), lamda_fn(state.count),
                          partition_size_min, include_partition_remainder)
+    if center_recommendations:
+      leaves, treedef = jax.tree.flatten(updates)
+      specs = treedef.flatten_up_to(_layout.resolve_layout(layout, params))
+      updates = treedef.unflatten(map(center_rows, leaves, specs))
     new_weights, new_updates = permute_tree(
         step_key, state.weights, updates, hp, layout=layout, mesh=mesh,
         cycle_search=cycle_search, initial=params, started=state.count > 0)
@@ -184,6 +200,7 @@ def sgperm(
     mu_dtype: Any = None,
     mesh: jax.sharding.Mesh | None = None,
     cycle_search: str = "auto",
+    center_recommendations: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Stochastic Gradient Permutation (Qiu & Suda, "Permute to Train").
 
@@ -222,6 +239,9 @@ def sgperm(
       :func:`permute_by_recommendation`.
     cycle_search: ``"auto"``, ``"loop"``, ``"native"`` or ``"pallas"``, see
       :func:`permute_by_recommendation`.
+    center_recommendations: center each row's recommendations (ours, on by
+      default; ``False`` is the paper's step), see
+      :func:`permute_by_recommendation`.
 
   Returns:
     An optax ``GradientTransformationExtraArgs``.
@@ -251,4 +271,5 @@ def sgperm(
       permute_by_recommendation(
           alpha0, lamda0, beta1, beta2, alpha_min, lamda_max,
           partition_size_min, include_partition_remainder, seed,
-          layout=layout, mesh=mesh, cycle_search=cycle_search))
+          layout=layout, mesh=mesh, cycle_search=cycle_search,
+          center_recommendations=center_recommendations))

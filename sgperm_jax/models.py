@@ -28,11 +28,19 @@ class MLP(nnx.Module):
     self.layers = nnx.List([nnx.Linear(a, b, rngs=rngs)
                             for a, b in zip(sizes[:-1], sizes[1:])])
 
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def features(self, x: jax.Array) -> list[jax.Array]:
+    """The output of each hidden layer, after its ReLU."""
     x = x.reshape(x.shape[0], -1)
+    out = []
     for layer in self.layers[:-1]:
       x = nnx.relu(layer(x))
-    return self.layers[-1](x)
+      out.append(x)
+    return out
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    hidden = self.features(x)
+    return self.layers[-1](hidden[-1] if hidden else
+                           x.reshape(x.shape[0], -1))
 
 
 class ConvNet(nnx.Module):
@@ -59,12 +67,19 @@ class ConvNet(nnx.Module):
     self.norms = nnx.List(norms) if batch_norm else None
     self.head = nnx.Linear(height * width * depth, num_classes, rngs=rngs)
 
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def features(self, x: jax.Array) -> list[jax.Array]:
+    """The output of each convolution, after its ReLU (before pooling)."""
+    out = []
     for i, conv in enumerate(self.convs):
       x = conv(x)
       if self.norms is not None:
         x = self.norms[i](x)
-      x = nnx.avg_pool(nnx.relu(x), (2, 2), strides=(2, 2))
+      out.append(nnx.relu(x))
+      x = nnx.avg_pool(out[-1], (2, 2), strides=(2, 2))
+    return out
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x = nnx.avg_pool(self.features(x)[-1], (2, 2), strides=(2, 2))
     return self.head(x.reshape(x.shape[0], -1))
 
 

@@ -35,9 +35,13 @@ from jax import lax
 import sgperm_jax
 from sgperm_jax import data as data_lib
 from sgperm_jax import models
+from sgperm_jax.train import name_list
 
 OPTIMIZERS = ("adam", "sgperm", "laperm", "sgperm-adam")
-PERMUTATION_OPTIMIZERS = ("sgperm", "laperm", "sgperm-adam")
+# The paper's rules, without this library's centering (for comparison).
+PAPER_OPTIMIZERS = ("sgperm-paper", "laperm-paper", "sgperm-adam-paper")
+PERMUTATION_OPTIMIZERS = ("sgperm", "laperm", "sgperm-adam",
+                          *PAPER_OPTIMIZERS)
 
 
 # ------------------------------------------------------------------ the data
@@ -127,9 +131,16 @@ class Conv1D(nnx.Module):
     self.convs = nnx.List(convs)
     self.head = nnx.Linear(length * depth, num_classes, rngs=rngs)
 
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def features(self, x: jax.Array) -> list[jax.Array]:
+    """The output of each convolution, after its ReLU (before pooling)."""
+    out = []
     for conv in self.convs:
-      x = nnx.avg_pool(nnx.relu(conv(x)), (2,), strides=(2,))
+      out.append(nnx.relu(conv(x)))
+      x = nnx.avg_pool(out[-1], (2,), strides=(2,))
+    return out
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x = nnx.avg_pool(self.features(x)[-1], (2,), strides=(2,))
     return self.head(x.reshape(x.shape[0], -1))
 
 
@@ -154,8 +165,12 @@ class PermutedRegression(nnx.Module):
     self.out.kernel = nnx.Param(
         jax.random.uniform(k2, (2 * width, 1), minval=-1.0, maxval=1.0))
 
+  def features(self, x: jax.Array) -> list[jax.Array]:
+    """The hidden layer's output."""
+    return [nnx.relu(self.hidden(x))]
+
   def __call__(self, x: jax.Array) -> jax.Array:
-    return self.out(nnx.relu(self.hidden(x)))
+    return self.out(self.features(x)[0])
 
 
 # ----------------------------------------------------------------- the tasks
@@ -219,17 +234,22 @@ def tasks(csv: str | None = None, widths: Sequence[int] = (16, 64)
 
 
 def make_optimizer(name: str, seed: int) -> optax.GradientTransformation:
-  """The library's defaults: what a user gets without tuning."""
+  """The library's defaults (what a user gets without tuning); names ending
+  in ``-paper`` turn this library's centering off (the papers' rules)."""
+  base, paper = name.removesuffix("-paper"), name.endswith("-paper")
+  center = {"center_recommendations": False} if paper else {}
   if name == "adam":
     return optax.adam(1e-3)
-  if name == "sgperm":
-    return sgperm_jax.sgperm(seed=seed)
-  if name == "laperm":
-    return sgperm_jax.laperm(optax.adam(1e-3))
-  if name == "sgperm-adam":
+  if base == "sgperm":
+    return sgperm_jax.sgperm(seed=seed, **center)
+  if base == "laperm":
+    return sgperm_jax.laperm(optax.adam(1e-3), center_updates=not paper)
+  if base == "sgperm-adam":
     return optax.chain(optax.scale_by_adam(),
-                       sgperm_jax.permute_by_recommendation(seed=seed))
-  raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {name!r}")
+                       sgperm_jax.permute_by_recommendation(seed=seed,
+                                                            **center))
+  raise ValueError(f"optimizer must be one of {OPTIMIZERS + PAPER_OPTIMIZERS},"
+                   f" got {name!r}")
 
 
 def _with_frozen(tx: optax.GradientTransformation, params: Any,
@@ -266,6 +286,26 @@ def _batches(seed: int, epochs: int, count: int, batch_size: int
                    for _ in range(epochs)]).reshape(-1, size)
 
 
+def loss_function(task: Task) -> Callable[..., tuple[jax.Array, Any]]:
+  """``(params, rest, x, y, graphdef) -> (loss, new rest)`` for the task.
+
+  ``rest`` is the model's non-parameter state (BatchNorm statistics), which
+  a forward pass in training mode updates.
+  """
+
+  def loss_fn(p, r, xb, yb, graphdef):
+    m = nnx.merge(graphdef, p, r)
+    out = m(xb)
+    if task.regression:
+      loss = jnp.mean((out - yb) ** 2)
+    else:
+      loss = jnp.mean(
+          optax.softmax_cross_entropy_with_integer_labels(out, yb))
+    return loss, nnx.state(m, nnx.Not(nnx.Param))
+
+  return loss_fn
+
+
 def train_one(task: Task, arrays: Arrays, optimizer: str, seed: int,
               epochs: int) -> Run:
   """Trains ``optimizer`` on ``task`` from the seed's initial weights."""
@@ -278,20 +318,13 @@ def train_one(task: Task, arrays: Arrays, optimizer: str, seed: int,
   tx = _with_frozen(make_optimizer(optimizer, seed), params, task.frozen)
   opt_state = tx.init(params)
   x, y = jnp.asarray(arrays.x_train), jnp.asarray(arrays.y_train)
-
-  def loss_fn(p, r, xb, yb, graphdef):
-    m = nnx.merge(graphdef, p, r)
-    out = m(xb)
-    if task.regression:
-      loss = jnp.mean((out - yb) ** 2)
-    else:
-      loss = jnp.mean(
-          optax.softmax_cross_entropy_with_integer_labels(out, yb))
-    return loss, nnx.state(m, nnx.Not(nnx.Param))  # BatchNorm statistics
+  loss_fn = loss_function(task)
 
   def step(carry, batch):
     p, r, s = carry
-    grads, r = jax.grad(loss_fn, has_aux=True)(
+    # Both trees are arguments of grad, so that BatchNorm updates its
+    # statistics at grad's trace level; their gradient is unused.
+    (grads, _), r = jax.grad(loss_fn, argnums=(0, 1), has_aux=True)(
         p, r, x[batch], y[batch], graph_train)
     updates, s = tx.update(grads, s, p)
     return (optax.apply_updates(p, updates), r, s), None
@@ -333,7 +366,7 @@ def summarize(runs: Sequence[Run], task_list: Sequence[Task]
   """Per task and optimizer: mean and std over seeds of every measure."""
   rows = []
   for task in task_list:
-    for opt in OPTIMIZERS:
+    for opt in OPTIMIZERS + PAPER_OPTIMIZERS:
       mine = [r for r in runs if r.task == task.name and r.optimizer == opt]
       if not mine:
         continue
@@ -349,7 +382,8 @@ def summarize(runs: Sequence[Run], task_list: Sequence[Task]
 
 def markdown(rows: Sequence[dict[str, Any]], task_list: Sequence[Task]
              ) -> str:
-  """One line per task: each optimizer's mean ± std, and LaPerm's free one."""
+  """One line per task: each optimizer's mean ± std (over seeds; accuracy in
+  percent, or test MSE), LaPerm's free weights, and seconds per run."""
   def cell(row):
     if row is None:
       return "-"
@@ -357,7 +391,9 @@ def markdown(rows: Sequence[dict[str, Any]], task_list: Sequence[Task]
       return f"{100 * row['score']:.1f} ± {100 * row['score_std']:.1f}"
     return f"{row['score']:.4f} ± {row['score_std']:.4f}"
 
-  head = ["task", "metric", *OPTIMIZERS, "laperm free", "seconds/run"]
+  present = [o for o in OPTIMIZERS + PAPER_OPTIMIZERS
+             if any(r["optimizer"] == o for r in rows)]
+  head = ["task", "metric", *present, "laperm free", "seconds/run"]
   lines = ["| " + " | ".join(head) + " |",
            "|---|---|" + "---:|" * (len(head) - 2)]
   for task in task_list:
@@ -368,11 +404,11 @@ def markdown(rows: Sequence[dict[str, Any]], task_list: Sequence[Task]
     free = None if lap is None else dict(
         lap, score=lap["free_score"], score_std=lap["free_score_std"])
     metric = next(iter(by_opt.values()))["metric"]
-    seconds = " / ".join(f"{by_opt[o]['seconds']:.1f}" for o in OPTIMIZERS
+    seconds = " / ".join(f"{by_opt[o]['seconds']:.1f}" for o in present
                          if o in by_opt)
     lines.append("| " + " | ".join(
         [task.name, "% accuracy" if metric == "accuracy" else metric,
-         *(cell(by_opt.get(o)) for o in OPTIMIZERS), cell(free), seconds])
+         *(cell(by_opt.get(o)) for o in present), cell(free), seconds])
                  + " |")
   return "\n".join(lines)
 
@@ -396,16 +432,6 @@ def plot(rows: Sequence[dict[str, Any]], path: pathlib.Path) -> None:
 # ---------------------------------------------------------------- the command
 
 
-def _names(text: str, known: Sequence[str], what: str) -> list[str]:
-  names = [n.strip() for n in text.split(",") if n.strip()]
-  bad = [n for n in names if n not in known]
-  if bad or not names:
-    raise argparse.ArgumentTypeError(
-        f"unknown {what} {', '.join(bad) or '(none)'}; choose from"
-        f" {', '.join(known)}")
-  return names
-
-
 def build_parser() -> argparse.ArgumentParser:
   """The options of ``sgperm-jax quality``."""
   p = argparse.ArgumentParser(
@@ -419,16 +445,40 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--tasks", default=None,
                  help="comma-separated task names (default: all)")
   p.add_argument("--optimizers", default=",".join(OPTIMIZERS),
-                 help="comma-separated optimizers")
+                 help="comma-separated optimizers, of "
+                      + ", ".join(OPTIMIZERS + PAPER_OPTIMIZERS))
   p.add_argument("--csv", default=None,
                  help="an MNIST-style CSV (label, 784 pixels) to add the"
                       " mlp-csv task")
   p.add_argument("--epochs-scale", type=float, default=1.0,
                  help="multiply every task's epochs (smoke tests)")
+  p.add_argument("--diagnose", default=None, metavar="TASK:OPTIMIZER",
+                 help="instead of the suite, print per-layer measurements"
+                      " at each LaPerm sync (every 100th step otherwise)")
+  p.add_argument("--steps", type=int, default=1000,
+                 help="training steps of --diagnose")
   p.add_argument("--json", default=None, help="write the results as JSON")
   p.add_argument("--md", default=None, help="write the table as markdown")
   p.add_argument("--plot", default=None, help="write a bar chart (PNG)")
   return p
+
+
+def _diagnose(parser: argparse.ArgumentParser, args: argparse.Namespace,
+              known: dict[str, Task]) -> int:
+  from sgperm_jax import diagnostics  # pylint: disable=import-outside-toplevel
+  task_name, _, opt = args.diagnose.partition(":")
+  if task_name not in known or opt not in OPTIMIZERS + PAPER_OPTIMIZERS:
+    parser.error(f"--diagnose: expected TASK:OPTIMIZER with a task of"
+                 f" {', '.join(known)} and an optimizer of"
+                 f" {', '.join(OPTIMIZERS)}, got {args.diagnose!r}")
+  task = known[task_name]
+  found = diagnostics.events(
+      task, task.load(), lambda: make_optimizer(opt, 0), steps=args.steps,
+      permutes_each_step=not opt.startswith("laperm"))
+  print(diagnostics.table(found))
+  if args.json:
+    pathlib.Path(args.json).write_text(json.dumps(found, indent=1))
+  return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -438,14 +488,17 @@ def main(argv: Sequence[str] | None = None) -> int:
   known = tasks(args.csv)
   try:
     names = (list(known) if args.tasks is None
-             else _names(args.tasks, list(known), "task"))
-    optimizers = _names(args.optimizers, OPTIMIZERS, "optimizer")
+             else name_list(args.tasks, list(known), "task(s)"))
+    optimizers = name_list(args.optimizers, OPTIMIZERS + PAPER_OPTIMIZERS,
+                        "optimizer(s)")
   except argparse.ArgumentTypeError as e:
     parser.error(str(e))
   if args.seeds < 1:
     parser.error("--seeds must be at least 1")
   if args.epochs_scale <= 0:
     parser.error("--epochs-scale must be positive")
+  if args.diagnose:
+    return _diagnose(parser, args, known)
   chosen = [known[n] for n in names]
   runs = []
   start = time.perf_counter()

@@ -420,14 +420,24 @@ def _positive_int(text: str) -> int:
   return value
 
 
-def _optimizer_list(text: str) -> tuple[str, ...]:
+def name_list(text: str, known: Sequence[str], what: str) -> tuple[str, ...]:
+  """The comma-separated names of ``text``, each one of ``known``.
+
+  Raises:
+    argparse.ArgumentTypeError: naming the unknown ones (``what`` says of
+      what) and the choices, or saying that there were none.
+  """
   names = tuple(n.strip() for n in text.split(",") if n.strip())
-  unknown = [n for n in names if n not in OPTIMIZERS]
+  unknown = [n for n in names if n not in known]
   if unknown or not names:
     raise argparse.ArgumentTypeError(
-        f"unknown optimizer(s) {', '.join(unknown) or text!r}; choose from"
-        f" {', '.join(OPTIMIZERS)}")
+        f"unknown {what} {', '.join(unknown) or text!r}; choose from"
+        f" {', '.join(known)}")
   return names
+
+
+def _optimizer_list(text: str) -> tuple[str, ...]:
+  return name_list(text, OPTIMIZERS, "optimizer(s)")
 
 
 def _sgperm_default(name: str) -> Any:

@@ -131,7 +131,8 @@ def _update(grads, state, params, hp, layout):
       alpha0=hp["alpha0"], lamda0=hp["lamda0"], beta1=1.0, beta2=1.0,
       alpha_min=0.0, lamda_max=1.0, momentum_lr=hp["momentum_lr"],
       momentum=hp["momentum"], partition_size_min=hp["psm"],
-      include_partition_remainder=hp["include"], layout=dict(layout))
+      include_partition_remainder=hp["include"], layout=dict(layout),
+      center_recommendations=False)  # the paper's step, as the oracle
   return tx.update(grads, state, params)
 
 

@@ -50,7 +50,8 @@ def test_every_sync_is_an_exact_permutation_through_apply_updates(dtype):
   initial = _params(dtype)
   period = 4
   inner = optax.adam(0.3)
-  tx = sgperm_jax.laperm(inner, period, skip_vectors=False)
+  tx = sgperm_jax.laperm(inner, period, skip_vectors=False,
+                         center_updates=False)  # updates pass through
 
   @jax.jit
   def step(params, state, inner_state, t):
@@ -386,3 +387,27 @@ def test_laperm_adam_within_one_point_of_adam_on_digits():
     k, k0 = trained[layer]["kernel"], initial[layer]["kernel"]
     np.testing.assert_array_equal(jnp.sort(k, axis=1), jnp.sort(k0, axis=1))
     assert np.mean(np.asarray(k != k0)) > 0.5
+
+
+@pytest.mark.parametrize("center", [True, False])
+def test_centered_updates_keep_each_free_row_sum(center):
+  """Between syncs, centered inner updates keep every synced row's sum (the
+  sum a synchronisation restores); the paper's rule lets it drift."""
+  k1, k2 = jax.random.split(jax.random.key(5))
+  params = {"w": jax.random.normal(k1, (6, 4)), "b": jnp.zeros(4)}
+  x = jax.random.normal(k2, (8, 6))
+  loss = lambda p: jnp.sum((jnp.tanh(x @ p["w"] + p["b"][None]) - 0.5) ** 2)
+  tx = sgperm_jax.laperm(optax.adam(0.05), sync_period=100,
+                         center_updates=center)
+  state = tx.init(params)
+  step = jax.jit(lambda p, s: (lambda u, s: (optax.apply_updates(p, u), s))(
+      *tx.update(jax.grad(loss)(p), s, p)))
+  p = params
+  for _ in range(10):
+    p, state = step(p, state)
+  drift = np.abs(np.asarray(p["w"].sum(0) - params["w"].sum(0)))
+  if center:
+    assert drift.max() < 1e-5
+  else:
+    assert drift.max() > 1e-2
+  assert bool(jnp.any(p["b"] != 0))  # vectors are trained freely either way

@@ -114,7 +114,7 @@ def test_stages_compose_to_the_transformation():
   grads = jax.tree.map(lambda p: jnp.cos(3 * p) - 0.1, params)
   hp = dict(alpha0=0.4, lamda0=0.3, beta1=0.9, beta2=1.0, alpha_min=0.0,
             lamda_max=1.0, momentum_lr=1.0, momentum=0.5,
-            partition_size_min=4, seed=11)
+            partition_size_min=4, seed=11, center_recommendations=False)
   tx = sgperm_jax.sgperm(**hp)
   state = tx.init(params)
   updates, state = jax.jit(tx.update)(grads, state, params)

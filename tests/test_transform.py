@@ -350,3 +350,41 @@ def test_layout_tree_must_match():
   tx = sgperm_jax.sgperm(layout={"dense": "neurons"})
   with pytest.raises(ValueError, match="layout"):
     tx.init(params)
+
+
+def test_centered_rows_keep_inactive_slots_and_sum_to_zero():
+  from sgperm_jax._recommendation import center_rows  # pylint: disable=import-outside-toplevel
+  r = jnp.array([[3., 0.], [1., jnp.nan], [0., 2.], [2., 4.]])
+  out = np.asarray(center_rows(r, "neurons"))
+  np.testing.assert_array_equal(out[:, 0], [1., -1., 0., 0.])  # mean 2
+  assert out[0, 1] == 0 and np.isnan(out[1, 1])  # inactive: unchanged
+  np.testing.assert_array_equal(out[2:, 1], [-1., 1.])  # mean 3
+  np.testing.assert_array_equal(center_rows(r, "whole"),
+                                r - jnp.where(jnp.isfinite(r) & (r != 0),
+                                              2.4, 0.))
+  assert center_rows(r, None) is r
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_centered_recommendations_move_a_row_whose_slots_all_ask_one_way(jit):
+  """A gradient of one sign everywhere: the paper's step finds no cycle (every
+  slot asks for a smaller value); centered, the row still reorders, and
+  stays a permutation of its values."""
+  params = {"w": jnp.linspace(-1., 1., 16).reshape(16, 1)}
+  grads = {"w": jnp.linspace(0.1, 1.6, 16).reshape(16, 1)}  # all > 0
+  moved = []
+  for center in (False, True):
+    tx = sgperm_jax.sgperm(lamda0=1.0, alpha0=1.0,
+                           center_recommendations=center)
+    state = tx.init(params)
+    update = jax.jit(tx.update) if jit else tx.update
+    _, state = update(grads, state, params)
+    exact = sgperm_jax.exact_params(params, state)
+    _assert_row_permutation(exact, params)
+    moved.append(bool(jnp.any(exact["w"] != params["w"])))
+  assert moved == [False, True]
+
+
+def test_center_recommendations_must_be_a_bool():
+  with pytest.raises(TypeError, match="center_recommendations"):
+    sgperm_jax.sgperm(center_recommendations="yes")

@@ -1,0 +1,99 @@
+"""The learning-quality suite and its diagnostics, on tiny budgets."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+import sgperm_jax
+from sgperm_jax import diagnostics, quality
+
+
+def test_suite_writes_the_table_json_and_plot(tmp_path, capsys):
+  out = tmp_path / "q"
+  assert quality.main([
+      "--tasks", "cnn-bn-digits,regression-w16", "--seeds", "2",
+      "--epochs-scale", "0.05", "--optimizers", "adam,sgperm,laperm",
+      "--json", f"{out}.json", "--md", f"{out}.md", "--plot",
+      f"{out}.png"]) == 0
+  table = capsys.readouterr().out
+  assert "| cnn-bn-digits | % accuracy |" in table
+  assert "| regression-w16 | test MSE |" in table
+  data = json.loads((tmp_path / "q.json").read_text())
+  assert len(data["runs"]) == 2 * 3 * 2
+  rows = {(r["task"], r["optimizer"]): r for r in data["rows"]}
+  assert rows["cnn-bn-digits", "adam"]["seeds"] == 2
+  for (task, opt), row in rows.items():
+    if task.startswith("cnn"):
+      assert 0.0 <= row["score"] <= 1.0
+    else:
+      assert row["score"] > 0  # an MSE
+    if opt == "adam":  # free and exact are the same weights
+      assert row["free_score"] == row["score"]
+  assert (tmp_path / "q.md").read_text().strip() in table
+  assert (tmp_path / "q.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("name", quality.OPTIMIZERS + quality.PAPER_OPTIMIZERS)
+def test_every_optimizer_of_the_suite_takes_a_step(name):
+  params = {"w": jnp.linspace(-1., 1., 12).reshape(4, 3)}
+  tx = quality.make_optimizer(name, seed=0)
+  updates, _ = tx.update({"w": jnp.ones((4, 3))}, tx.init(params), params)
+  assert updates["w"].shape == (4, 3)
+  paper = name.endswith("-paper")
+  if name.startswith("laperm"):  # centred free updates keep the row sums
+    assert bool(jnp.allclose(updates["w"].sum(0), 0)) != paper
+
+
+def test_bad_task_or_optimizer_is_a_usage_error(capsys):
+  for argv in (["--tasks", "mnist"], ["--optimizers", "rmsprop"],
+               ["--diagnose", "cnn-digits:sgd"]):
+    with pytest.raises(SystemExit) as e:
+      quality.main(argv)
+    assert e.value.code == 2
+  assert "rmsprop" in capsys.readouterr().err
+
+
+def test_signals_are_balanced_and_labelled():
+  x, y = quality.signals(600, length=64, seed=3)
+  assert x.shape == (600, 64, 1) and x.dtype == np.float32
+  assert set(np.unique(y)) == set(range(6))
+  assert np.bincount(y).min() > 60
+
+
+def test_regression_trains_only_the_output_weights():
+  task = quality.tasks()["regression-w16"]
+  model = task.model(0)
+  _, params, _ = nnx.split(model, nnx.Param, ...)
+  tx = quality._with_frozen(  # pylint: disable=protected-access
+      sgperm_jax.sgperm(lamda0=1.0), params, task.frozen)
+  state = tx.init(params)
+  grads = jax.tree.map(jnp.ones_like, params)
+  grads["out"]["kernel"] = nnx.Param(jnp.linspace(-1, 1, 32)[:, None])
+  updates, state = tx.update(grads, state, params)
+  new = optax.apply_updates(params, updates)
+  np.testing.assert_array_equal(new["hidden"]["kernel"][...],
+                                params["hidden"]["kernel"][...])
+  out = np.asarray(new["out"]["kernel"][...])
+  assert np.any(out != params["out"]["kernel"][...])
+  np.testing.assert_array_equal(np.sort(out, 0),
+                                np.sort(params["out"]["kernel"][...], 0))
+
+
+def test_diagnostics_measure_each_sync():
+  task = quality.tasks()["mlp-digits"]
+  found = diagnostics.events(
+      task, task.load(),
+      lambda: sgperm_jax.laperm(optax.adam(1e-2), sync_period=5), steps=12)
+  assert [e["step"] for e in found] == [5, 10]
+  kernel = found[0]["leaves"]["layers/0/kernel/.value"]
+  assert 0 < kernel["moved"] <= 1 and kernel["displacement"] > 0
+  bias = found[0]["leaves"]["layers/0/bias/.value"]
+  assert bias["norm_ratio"] > 0  # free, not synced
+  (layer,) = found[0]["layers"]
+  assert layer["rms_before"] > 0 and 0 <= layer["dead_after"] <= 1
+  assert "| 5 |" in diagnostics.table(found)
