@@ -80,7 +80,7 @@ def events(task: quality.Task, arrays: quality.Arrays,
   graph_train, params, rest = nnx.split(model, nnx.Param, ...)
   model.eval()
   graph_eval = nnx.split(model, nnx.Param, ...)[0]
-  tx = quality._with_frozen(make_tx(), params, task.frozen)  # pylint: disable=protected-access
+  tx = quality.with_frozen(make_tx(), params, task.frozen)
   state = tx.init(params)
   x, y = jnp.asarray(arrays.x_train), jnp.asarray(arrays.y_train)
   probe_x, probe_y = x[:PROBE], y[:PROBE]
@@ -102,7 +102,7 @@ def events(task: quality.Task, arrays: quality.Arrays,
             [jnp.sqrt(jnp.mean(f ** 2)) for f in feats],
             [jnp.mean(jnp.all(f == 0, axis=axes(f))) for f in feats])
 
-  batches = quality._batches(  # pylint: disable=protected-access
+  batches = quality.batch_indices(
       seed, -(-steps * task.batch_size // len(arrays.y_train)),
       len(arrays.y_train), task.batch_size)[:steps]
   out = []

@@ -252,9 +252,11 @@ def make_optimizer(name: str, seed: int) -> optax.GradientTransformation:
                    f" got {name!r}")
 
 
-def _with_frozen(tx: optax.GradientTransformation, params: Any,
-                 frozen: Callable[[tuple[Any, ...]], bool] | None
-                 ) -> optax.GradientTransformation:
+def with_frozen(tx: optax.GradientTransformation, params: Any,
+                frozen: Callable[[tuple[Any, ...]], bool] | None
+                ) -> optax.GradientTransformation:
+  """``tx`` on the leaves ``frozen`` leaves out (by path); zero updates on
+  the others (``optax.partition``, so no optimizer sees them)."""
   if frozen is None:
     return tx
   labels = jax.tree_util.tree_map_with_path(
@@ -277,8 +279,10 @@ class Run:
   seconds: float
 
 
-def _batches(seed: int, epochs: int, count: int, batch_size: int
-             ) -> np.ndarray:
+def batch_indices(seed: int, epochs: int, count: int, batch_size: int
+                  ) -> np.ndarray:
+  """``(epochs * steps, batch)`` training-set indices, a new order each
+  epoch, the same for every optimizer of a seed; remainders dropped."""
   size = min(batch_size, count)
   steps = count // size
   rng = np.random.default_rng([seed, 7])
@@ -315,7 +319,7 @@ def train_one(task: Task, arrays: Arrays, optimizer: str, seed: int,
   graph_train, params, rest = nnx.split(model, nnx.Param, ...)
   model.eval()
   graph_eval = nnx.split(model, nnx.Param, ...)[0]
-  tx = _with_frozen(make_optimizer(optimizer, seed), params, task.frozen)
+  tx = with_frozen(make_optimizer(optimizer, seed), params, task.frozen)
   opt_state = tx.init(params)
   x, y = jnp.asarray(arrays.x_train), jnp.asarray(arrays.y_train)
   loss_fn = loss_function(task)
@@ -346,7 +350,7 @@ def train_one(task: Task, arrays: Arrays, optimizer: str, seed: int,
         out.append(jnp.mean(jnp.argmax(pred, -1) == arrays.y_test))
     return jnp.stack(out)
 
-  batches = _batches(seed, epochs, len(arrays.y_train), task.batch_size)
+  batches = batch_indices(seed, epochs, len(arrays.y_train), task.batch_size)
   params, rest, opt_state = train(params, rest, opt_state,
                                   jnp.asarray(batches))
   exact, free = (float(v) for v in score(params, rest, opt_state))

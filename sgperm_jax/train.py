@@ -240,6 +240,8 @@ def _train_epoch(step: Callable[..., Any], params: Any, opt_state: Any,
   metrics = []
   start = time.perf_counter()
   for batch in batches:
+    if clock.steps == 0:
+      bar.set_postfix_str("compiling the first step", refresh=True)
     params, opt_state, m = step(params, opt_state, images, labels,
                                 jnp.asarray(batch))
     metrics.append(m)
@@ -248,6 +250,8 @@ def _train_epoch(step: Callable[..., Any], params: Any, opt_state: Any,
       jax.block_until_ready(m)
       clock.compile_seconds = time.perf_counter() - start
       start = time.perf_counter()
+      bar.reset(total=bar.total)  # no rate (or ETA) from the compilation
+      bar.set_postfix_str("", refresh=False)
     if len(metrics) % refresh == 0:
       loss, acc = np.mean(np.asarray(metrics[-refresh:]), axis=0)
       bar.set_postfix(loss=f"{loss:.4f}", acc=f"{acc:.3f}", refresh=False)
@@ -594,11 +598,33 @@ def run(args: argparse.Namespace) -> list[RunResult]:
                        else args.checkpoint_dir / name, resume=args.resume)
              for name, tx in optimizers.items()]
   print(summary_table(results), flush=True)
+  title = f"{os.path.basename(dataset.name)}, {_architecture(args)}"
+  write_outputs(results, used_config(args, names), args.json, args.plot,
+                title)
+  for what, path in (("metrics (JSON)", args.json), ("plot", args.plot),
+                     ("checkpoints", args.checkpoint_dir)):
+    if path is not None:
+      print(f"wrote {what} to {path}", flush=True)
+  return results
+
+
+def used_config(args: argparse.Namespace, names: Sequence[str]
+                ) -> dict[str, Any]:
+  """The options, with the value each default stood for (not ``None``)."""
   config = {k: (str(v) if isinstance(v, pathlib.Path) else v)
             for k, v in vars(args).items()}
-  title = f"{os.path.basename(dataset.name)}, {_architecture(args)}"
-  write_outputs(results, config, args.json, args.plot, title)
-  return results
+  for name in SGPERM_OPTIONS:
+    if config[name] is None:
+      config[name] = _sgperm_default(name)
+  config["learning_rate"] = {
+      n: LEARNING_RATES[n] if args.learning_rate is None else args.learning_rate
+      for n in names if n in LEARNING_RATES}
+  if config["sync_period"] is None:
+    config["sync_period"] = inspect.signature(
+        sgperm_jax.laperm).parameters["sync_period"].default
+  config["hidden"], config["channels"] = list(args.hidden), list(args.channels)
+  config["compare"] = list(args.compare)
+  return config
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -69,7 +69,7 @@ def test_regression_trains_only_the_output_weights():
   task = quality.tasks()["regression-w16"]
   model = task.model(0)
   _, params, _ = nnx.split(model, nnx.Param, ...)
-  tx = quality._with_frozen(  # pylint: disable=protected-access
+  tx = quality.with_frozen(
       sgperm_jax.sgperm(lamda0=1.0), params, task.frozen)
   state = tx.init(params)
   grads = jax.tree.map(jnp.ones_like, params)
@@ -97,3 +97,15 @@ def test_diagnostics_measure_each_sync():
   (layer,) = found[0]["layers"]
   assert layer["rms_before"] > 0 and 0 <= layer["dead_after"] <= 1
   assert "| 5 |" in diagnostics.table(found)
+
+
+def test_top_level_help_lists_the_commands_and_version(capsys):
+  from sgperm_jax import cli  # pylint: disable=import-outside-toplevel
+  assert cli.main(["-h"]) == 0
+  out = capsys.readouterr().out
+  for name in ("train", "bench", "quality"):
+    assert f"  {name} " in out
+  assert cli.main(["--version"]) == 0
+  assert capsys.readouterr().out.strip() == f"sgperm-jax {sgperm_jax.__version__}"
+  assert cli.main(["fit"]) == 2
+  assert "unknown command 'fit'" in capsys.readouterr().err

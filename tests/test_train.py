@@ -63,7 +63,14 @@ def test_train_compare_json_plot(tmp_path, capsys, count_traces):
   assert doc["test_accuracy"] == doc["runs"]["sgperm"]["test_accuracy"]
   assert doc["test_accuracy"] >= 0.85  # a real model: 0.919 measured
   assert doc["config"]["hidden"] == [64]
+  # defaults are recorded as the values they stood for
+  assert doc["config"]["alpha0"] == 0.5 and doc["config"]["beta1"] == 0.99
+  assert doc["config"]["learning_rate"] == {"adam": 1e-3}
+  assert doc["config"]["sync_period"] == 100
   assert out_png.read_bytes()[:8] == PNG_MAGIC
+  assert f"wrote metrics (JSON) to {out_json}" in captured.out
+  assert f"wrote plot to {out_png}" in captured.out
+  assert "compiling the first step" in captured.err
   table = [l for l in captured.out.splitlines() if l.startswith("| ")]
   assert table[0].split("|")[1:-1] == [
       " optimizer ", " test accuracy ", " test loss ", " steps ", " seconds ",
@@ -104,6 +111,7 @@ def test_conv_on_idx_files_with_other_optimizers(tmp_path, capsys):
   assert list(doc["runs"]) == ["sgperm-adam", *compare.split(",")]
   assert doc["steps"] == 256 // 32
   assert doc["config"]["alpha0"] == 0.3
+  assert doc["config"]["learning_rate"] == {"laperm": 1e-3}
   assert "256 training and 64 test images of 8x8x1" in captured.out
 
 
