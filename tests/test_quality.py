@@ -47,6 +47,12 @@ def test_every_optimizer_of_the_suite_takes_a_step(name):
   paper = name.endswith("-paper")
   if name.startswith("laperm"):  # centred free updates keep the row sums
     assert bool(jnp.allclose(updates["w"].sum(0), 0)) != paper
+  new = params["w"] + updates["w"]
+  if name == "adam-fixed-norms":  # rows keep their norms, values change
+    np.testing.assert_allclose(jnp.linalg.norm(new, axis=0),
+                               jnp.linalg.norm(params["w"], axis=0),
+                               rtol=1e-6)
+    assert not np.allclose(np.sort(new, 0), np.sort(params["w"], 0))
 
 
 def test_bad_task_or_optimizer_is_a_usage_error(capsys):
