@@ -235,23 +235,55 @@ def tasks(csv: str | None = None, widths: Sequence[int] = (16, 64)
 # ------------------------------------------------------------- the optimizers
 
 
-def make_optimizer(name: str, seed: int) -> optax.GradientTransformation:
-  """The library's defaults (what a user gets without tuning); names ending
-  in ``-paper`` turn this library's centering off (the papers' rules)."""
+@dataclasses.dataclass(frozen=True)
+class Overrides:
+  """Hyperparameters that replace the defaults, to measure their effect.
+
+  ``sgperm`` goes to :func:`sgperm_jax.sgperm` (and, less the momentum
+  options, to ``permute_by_recommendation`` for ``sgperm-adam``); ``laperm``
+  to :func:`sgperm_jax.laperm`; ``inner_lr`` is the learning rate of
+  LaPerm's inner Adam. A ``layout`` of ``"whole-below:N"`` makes each leaf
+  whose rows hold fewer than ``N`` values one row.
+  """
+  sgperm: dict[str, Any] = dataclasses.field(default_factory=dict)
+  laperm: dict[str, Any] = dataclasses.field(default_factory=dict)
+  inner_lr: float = 1e-3
+
+
+def _layout_option(options: dict[str, Any]) -> dict[str, Any]:
+  layout = options.get("layout")
+  if not (isinstance(layout, str) and layout.startswith("whole-below:")):
+    return options
+  below = int(layout.split(":", 1)[1])
+  return dict(options, layout=lambda params: jax.tree.map(
+      lambda p: "whole" if p.ndim >= 2 and math.prod(p.shape[:-1]) < below
+      else "neurons", params))
+
+
+def make_optimizer(name: str, seed: int, overrides: Overrides = Overrides()
+                   ) -> optax.GradientTransformation:
+  """The library's defaults (what a user gets without tuning), changed only
+  by ``overrides``; names ending in ``-paper`` turn this library's centring
+  off (the papers' rules)."""
   base, paper = name.removesuffix("-paper"), name.endswith("-paper")
   center = {"center_recommendations": False} if paper else {}
+  sgperm = _layout_option(overrides.sgperm)
   if name == "adam":
     return optax.adam(1e-3)
   if name == "adam-fixed-norms":
     return optax.chain(optax.adam(1e-3), fixed_row_norms())
   if base == "sgperm":
-    return sgperm_jax.sgperm(seed=seed, **center)
+    return sgperm_jax.sgperm(**{"seed": seed, **center, **sgperm})
   if base == "laperm":
-    return sgperm_jax.laperm(optax.adam(1e-3), center_updates=not paper)
+    return sgperm_jax.laperm(
+        optax.adam(overrides.inner_lr),
+        **{"center_updates": not paper, **_layout_option(overrides.laperm)})
   if base == "sgperm-adam":
+    kwargs = {k: v for k, v in sgperm.items()
+              if k not in ("momentum_lr", "momentum", "mu_dtype")}
     return optax.chain(optax.scale_by_adam(),
-                       sgperm_jax.permute_by_recommendation(seed=seed,
-                                                            **center))
+                       sgperm_jax.permute_by_recommendation(
+                           **{"seed": seed, **center, **kwargs}))
   raise ValueError(f"optimizer must be one of {OPTIMIZERS + PAPER_OPTIMIZERS},"
                    f" got {name!r}")
 
@@ -349,7 +381,7 @@ def loss_function(task: Task) -> Callable[..., tuple[jax.Array, Any]]:
 
 
 def train_one(task: Task, arrays: Arrays, optimizer: str, seed: int,
-              epochs: int) -> Run:
+              epochs: int, overrides: Overrides = Overrides()) -> Run:
   """Trains ``optimizer`` on ``task`` from the seed's initial weights."""
   start = time.perf_counter()
   model = task.model(seed)
@@ -357,7 +389,8 @@ def train_one(task: Task, arrays: Arrays, optimizer: str, seed: int,
   graph_train, params, rest = nnx.split(model, nnx.Param, ...)
   model.eval()
   graph_eval = nnx.split(model, nnx.Param, ...)[0]
-  tx = with_frozen(make_optimizer(optimizer, seed), params, task.frozen)
+  tx = with_frozen(make_optimizer(optimizer, seed, overrides), params,
+                   task.frozen)
   opt_state = tx.init(params)
   x, y = jnp.asarray(arrays.x_train), jnp.asarray(arrays.y_train)
   loss_fn = loss_function(task)
@@ -474,6 +507,20 @@ def plot(rows: Sequence[dict[str, Any]], path: pathlib.Path) -> None:
 # ---------------------------------------------------------------- the command
 
 
+def _json_object(text: str) -> dict[str, Any]:
+  try:
+    value = json.loads(text)
+  except json.JSONDecodeError as e:
+    raise argparse.ArgumentTypeError(f"not JSON: {text!r} ({e})") from None
+  if not isinstance(value, dict):
+    raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
+  return value
+
+
+def _overrides(args: argparse.Namespace) -> Overrides:
+  return Overrides(args.sgperm_options, args.laperm_options, args.inner_lr)
+
+
 def build_parser() -> argparse.ArgumentParser:
   """The options of ``sgperm-jax quality``."""
   p = argparse.ArgumentParser(
@@ -494,6 +541,15 @@ def build_parser() -> argparse.ArgumentParser:
                       " mlp-csv task")
   p.add_argument("--epochs-scale", type=float, default=1.0,
                  help="multiply every task's epochs (smoke tests)")
+  p.add_argument("--sgperm-options", type=_json_object, default={},
+                 metavar="JSON", help="keyword arguments for sgperm (and"
+                 " permute_by_recommendation), e.g. '{\"beta1\": 0.999}'")
+  p.add_argument("--laperm-options", type=_json_object, default={},
+                 metavar="JSON", help="keyword arguments for laperm, e.g."
+                 " '{\"sync_period\": 20}'; a layout of 'whole-below:N'"
+                 " makes leaves with rows under N values one row")
+  p.add_argument("--inner-lr", type=float, default=1e-3,
+                 help="learning rate of LaPerm's inner Adam")
   p.add_argument("--diagnose", default=None, metavar="TASK:OPTIMIZER",
                  help="instead of the suite, print per-layer measurements"
                       " at each LaPerm sync (every 100th step otherwise)")
@@ -515,7 +571,8 @@ def _diagnose(parser: argparse.ArgumentParser, args: argparse.Namespace,
                  f" {', '.join(OPTIMIZERS)}, got {args.diagnose!r}")
   task = known[task_name]
   found = diagnostics.events(
-      task, task.load(), lambda: make_optimizer(opt, 0), steps=args.steps,
+      task, task.load(), lambda: make_optimizer(opt, 0, _overrides(args)),
+      steps=args.steps,
       permutes_each_step=not opt.startswith("laperm"))
   print(diagnostics.table(found))
   if args.json:
@@ -542,6 +599,12 @@ def main(argv: Sequence[str] | None = None) -> int:
   if args.diagnose:
     return _diagnose(parser, args, known)
   chosen = [known[n] for n in names]
+  overrides = _overrides(args)
+  try:  # a bad keyword fails here, before any training
+    for opt in optimizers:
+      make_optimizer(opt, 0, overrides)
+  except (TypeError, ValueError) as e:
+    parser.error(f"optimizer options: {e}")
   runs = []
   start = time.perf_counter()
   for task in chosen:
@@ -553,7 +616,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     epochs = max(1, math.ceil(task.epochs[args.preset] * args.epochs_scale))
     for opt in optimizers:
       for seed in range(args.seeds):
-        run = train_one(task, arrays, opt, seed, epochs)
+        run = train_one(task, arrays, opt, seed, epochs, overrides)
         runs.append(run)
         print(f"  {task.name:>16} {opt:>11} seed {seed}: {run.score:.4f}"
               f" (free {run.free_score:.4f}) in {run.seconds:.1f} s",
@@ -568,6 +631,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   if args.json:
     pathlib.Path(args.json).write_text(json.dumps(dict(
         preset=args.preset, seeds=args.seeds, backend=jax.default_backend(),
+        sgperm_options=args.sgperm_options,
+        laperm_options=args.laperm_options, inner_lr=args.inner_lr,
         rows=rows, runs=[dataclasses.asdict(r) for r in runs]), indent=1))
   if args.plot:
     plot(rows, pathlib.Path(args.plot))

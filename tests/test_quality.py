@@ -55,9 +55,29 @@ def test_every_optimizer_of_the_suite_takes_a_step(name):
     assert not np.allclose(np.sort(new, 0), np.sort(params["w"], 0))
 
 
+def test_overrides_reach_the_optimizers():
+  params = {"w": jnp.linspace(-1., 1., 12).reshape(4, 3)}
+  grads = {"w": jnp.cos(jnp.arange(12.)).reshape(4, 3)}
+  over = quality.Overrides(laperm={"sync_period": 1}, inner_lr=0.5)
+  tx = quality.make_optimizer("laperm", 0, over)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  new = params["w"] + updates["w"]  # synced at once: a permutation per row
+  np.testing.assert_allclose(np.sort(new, 0), np.sort(params["w"], 0),
+                             atol=1e-6)
+  assert np.any(np.abs(new - params["w"]) > 0.1)  # the large rate moved it
+  tx = quality.make_optimizer(
+      "sgperm-adam-paper", 0, quality.Overrides(
+          sgperm={"momentum": 0.5, "layout": "whole-below:5"}))
+  tx.update(grads, tx.init(params), params)  # momentum dropped, layout used
+
+
 def test_bad_task_or_optimizer_is_a_usage_error(capsys):
   for argv in (["--tasks", "mnist"], ["--optimizers", "rmsprop"],
-               ["--diagnose", "cnn-digits:sgd"]):
+               ["--diagnose", "cnn-digits:sgd"],
+               ["--sgperm-options", "{beta1: 1}"],
+               ["--laperm-options", "[20]"],
+               ["--tasks", "mlp-digits", "--laperm-options",
+                '{"period": 20}']):
     with pytest.raises(SystemExit) as e:
       quality.main(argv)
     assert e.value.code == 2
