@@ -82,13 +82,6 @@ def _synchronize(bank_leaf: jax.Array, leaf: jax.Array) -> jax.Array:
   return _layout.from_rows(out, spec, jnp.shape(leaf)).astype(leaf.dtype)
 
 
-def center_rows(update: jax.Array, spec: _layout.RowLayout) -> jax.Array:
-  """The update minus its mean over each row: rows keep their sums."""
-  wide = update.astype(jnp.promote_types(update.dtype, jnp.float32))
-  mean = jnp.mean(wide, axis=_layout.row_axes(wide.ndim, spec), keepdims=True)
-  return (wide - mean).astype(update.dtype)
-
-
 class LaPermState(NamedTuple):
   """State of :func:`laperm`.
 
@@ -279,7 +272,7 @@ def laperm(
     synced = [i for i, b in enumerate(banks) if not _is_masked(b)]
     if center_updates:
       for i in synced:
-        moves[i] = center_rows(moves[i], layouts[i])
+        moves[i] = _layout.center_rows(moves[i], layouts[i])
     if synced:
       new_banks, new_moves = laperm_sync(
           [jnp.asarray(leaves[i]) for i in synced],

@@ -97,6 +97,37 @@ def row_axes(ndim: int, spec: RowLayout) -> tuple[int, ...] | None:
   return tuple(range(ndim - 1)) if spec == NEURONS and ndim >= 2 else None
 
 
+def center_rows(x: jax.Array, spec: RowLayout, *, active_only: bool = False
+                ) -> jax.Array:
+  """``x`` minus its mean over each row of ``spec``, computed in at least
+  float32 and rounded once; a leaf with layout ``None`` comes back as it is.
+
+  With ``active_only`` (recommendations), the mean is over the finite,
+  nonzero entries and only those change; otherwise every row keeps sum 0
+  of its change (LaPerm's free updates).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from sgperm_jax._layout import center_rows
+    >>> center_rows(jnp.array([3., 1., 0., 2.]), "neurons",
+    ...             active_only=True).tolist()
+    [1.0, -1.0, 0.0, 0.0]
+    >>> center_rows(jnp.array([3., 1., 0., 2.]), "neurons").tolist()
+    [1.5, -0.5, -1.5, 0.5]
+  """
+  if spec is None or jnp.ndim(x) == 0:
+    return x
+  x = jnp.asarray(x)
+  wide = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+  axes = row_axes(x.ndim, spec)
+  active = (jnp.isfinite(wide) & (wide != 0) if active_only
+            else jnp.ones(wide.shape, bool))
+  total = jnp.sum(jnp.where(active, wide, 0), axis=axes, keepdims=True)
+  count = jnp.sum(active, axis=axes, keepdims=True)
+  mean = total / jnp.maximum(count, 1)
+  return jnp.where(active, wide - mean, wide).astype(x.dtype)
+
+
 def to_rows(x: jax.Array, spec: RowLayout) -> jax.Array:
   """Views a leaf as ``(rows, n)``; row ``j`` of a kernel is ``x[..., j]``."""
   if spec == WHOLE or x.ndim == 1:

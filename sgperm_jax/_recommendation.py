@@ -16,7 +16,6 @@ import jax.numpy as jnp
 import optax
 
 from sgperm_jax import _checks
-from sgperm_jax import _layout
 
 
 def recommend(gradient: jax.Array, momentum_buffer: jax.Array,
@@ -103,27 +102,3 @@ def momentum_recommendation(momentum_lr: optax.ScalarOrSchedule = 0.01,
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
-
-def center_rows(recommendation: Any, spec: Any) -> Any:
-  """Each row's recommendations minus their mean over the row's active slots.
-
-  Rows are those of ``spec`` (``"neurons"``: ``leaf[..., j]``; ``"whole"``
-  or a vector: the leaf); inactive slots (0 or non-finite) stay as they are,
-  and a leaf with layout ``None`` is returned unchanged.
-
-  Example:
-    >>> import jax.numpy as jnp, sgperm_jax
-    >>> from sgperm_jax._recommendation import center_rows
-    >>> center_rows(jnp.array([3., 1., 0., 2.]), "neurons").tolist()
-    [1.0, -1.0, 0.0, 0.0]
-  """
-  if spec is None or jnp.ndim(recommendation) == 0:
-    return recommendation
-  r = jnp.asarray(recommendation)
-  wide = r.astype(jnp.promote_types(r.dtype, jnp.float32))
-  axes = _layout.row_axes(r.ndim, spec)
-  active = jnp.isfinite(wide) & (wide != 0)
-  total = jnp.sum(jnp.where(active, wide, 0), axis=axes, keepdims=True)
-  count = jnp.sum(active, axis=axes, keepdims=True)
-  mean = total / jnp.maximum(count, 1)
-  return jnp.where(active, wide - mean, wide).astype(r.dtype)

@@ -17,7 +17,7 @@ import optax
 from sgperm_jax import _checks
 from sgperm_jax import _layout
 from sgperm_jax._cycles import check_method
-from sgperm_jax._recommendation import center_rows, momentum_recommendation
+from sgperm_jax._recommendation import momentum_recommendation
 from sgperm_jax._schedules import aggressiveness, partition_ratio
 from sgperm_jax._partition import typed_key
 from sgperm_jax._step import StepHyperparams, permute_tree
@@ -172,7 +172,9 @@ def permute_by_recommendation(
     if center_recommendations:
       leaves, treedef = jax.tree.flatten(updates)
       specs = treedef.flatten_up_to(_layout.resolve_layout(layout, params))
-      updates = treedef.unflatten(map(center_rows, leaves, specs))
+      updates = treedef.unflatten([
+          _layout.center_rows(r, s, active_only=True)
+          for r, s in zip(leaves, specs)])
     new_weights, new_updates = permute_tree(
         step_key, state.weights, updates, hp, layout=layout, mesh=mesh,
         cycle_search=cycle_search, initial=params, started=state.count > 0)

@@ -33,6 +33,7 @@ from flax import nnx
 from jax import lax
 
 import sgperm_jax
+from sgperm_jax import _layout
 from sgperm_jax import data as data_lib
 from sgperm_jax import models
 from sgperm_jax.train import name_list
@@ -297,11 +298,9 @@ def fixed_row_norms() -> optax.GradientTransformation:
   how much of a gap to Adam the norms alone explain.
   """
 
-  def axes(x):
-    return tuple(range(x.ndim - 1))
-
   def norm(x):
-    return jnp.sqrt(jnp.sum(jnp.square(x), axis=axes(x), keepdims=True))
+    axes = _layout.row_axes(x.ndim, _layout.NEURONS)
+    return jnp.sqrt(jnp.sum(jnp.square(x), axis=axes, keepdims=True))
 
   def init_fn(params):
     return jax.tree.map(lambda p: norm(p) if p.ndim >= 2 else jnp.zeros(()),

@@ -353,16 +353,16 @@ def test_layout_tree_must_match():
 
 
 def test_centered_rows_keep_inactive_slots_and_sum_to_zero():
-  from sgperm_jax._recommendation import center_rows  # pylint: disable=import-outside-toplevel
+  from sgperm_jax._layout import center_rows  # pylint: disable=import-outside-toplevel
   r = jnp.array([[3., 0.], [1., jnp.nan], [0., 2.], [2., 4.]])
-  out = np.asarray(center_rows(r, "neurons"))
+  out = np.asarray(center_rows(r, "neurons", active_only=True))
   np.testing.assert_array_equal(out[:, 0], [1., -1., 0., 0.])  # mean 2
   assert out[0, 1] == 0 and np.isnan(out[1, 1])  # inactive: unchanged
   np.testing.assert_array_equal(out[2:, 1], [-1., 1.])  # mean 3
-  np.testing.assert_array_equal(center_rows(r, "whole"),
+  np.testing.assert_array_equal(center_rows(r, "whole", active_only=True),
                                 r - jnp.where(jnp.isfinite(r) & (r != 0),
                                               2.4, 0.))
-  assert center_rows(r, None) is r
+  assert center_rows(r, None, active_only=True) is r
 
 
 @pytest.mark.parametrize("jit", [False, True])
