@@ -1,4 +1,5 @@
-// Native CPU kernel for SGPerm's source ordering and cycle search (SPEC §3.6).
+// Native CPU kernel for SGPerm's source ordering and cycle search
+// (docs/algorithm.md §7).
 //
 // An XLA FFI handler, `SgpermFindCycles`, loaded by `sgperm_jax/_native.py`
 // and called from jitted code with `jax.ffi.ffi_call`. It computes exactly

@@ -1,4 +1,5 @@
-// Native CPU kernel for a whole SGPerm step on every row (SPEC §3).
+// Native CPU kernel for a whole SGPerm step on every row
+// (docs/algorithm.md §5-§8).
 //
 // An XLA FFI handler, `SgpermPermuteLeaves`, loaded by `sgperm_jax/_native.py`.
 // On CPU the optimizer runs each row's step here instead of in the JAX stages

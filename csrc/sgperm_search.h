@@ -1,6 +1,6 @@
-// The depth-first cycle search of one row (SPEC §3.6), shared by the native
-// kernels: `sgperm_cycles.cc` (the cycle search alone) and `sgperm_rows.cc`
-// (the whole step of a row).
+// The depth-first cycle search of one row (docs/algorithm.md §7), shared by
+// the native kernels: `sgperm_cycles.cc` (the cycle search alone) and
+// `sgperm_rows.cc` (the whole step of a row).
 //
 // Per subset, sources are the active vertices by decreasing magnitude
 // (compared as unsigned integers, which is the value order of non-negative
@@ -129,13 +129,13 @@ inline int32_t Clamp(int32_t x, int32_t lo, int32_t hi) {
 
 // Finds the cycles of one row; writes its successors.
 //
-// This is the depth-first search of SPEC §3.6 with two shortcuts that do not
-// change its outcome: a walk that meets a seen vertex skips its whole run of
-// seen vertices at once (closing the cycle if the source is in the part of
-// the run it would have walked, and a target), and a DOWN vertex's walk
-// starts below the ties of its value (no targets). The runs generalize the
-// portable path's interval [a, b] around the source; the search costs
-// O(vertices it pushes) (times an inverse Ackermann factor).
+// This is the depth-first search of docs/algorithm.md §7 with two shortcuts
+// that do not change its outcome: a walk that meets a seen vertex skips its
+// whole run of seen vertices at once (closing the cycle if the source is in
+// the part of the run it would have walked, and a target), and a DOWN
+// vertex's walk starts below the ties of its value (no targets). The runs
+// generalize the portable path's interval [a, b] around the source; the
+// search costs O(vertices it pushes) (times an inverse Ackermann factor).
 template <typename M>
 void SolveRow(int32_t n, const int8_t* dir, const int32_t* reach_lo,
               const int32_t* reach_hi, const int32_t* subset_hi,

@@ -6,7 +6,7 @@ Stochastic Gradient Permutation (Qiu & Suda, "Permute to Train") as an optax
 :func:`find_cycles` and :func:`permute`.
 """
 
-from sgperm_jax._cycles import auto_method
+from sgperm_jax._cycles import auto_cycle_search
 from sgperm_jax._cycles import find_cycles
 from sgperm_jax._cycles import source_order
 from sgperm_jax._exact import exact_params
@@ -40,7 +40,7 @@ __all__ = (
     "RecommendationState",
     "SwitchState",
     "aggressiveness",
-    "auto_method",
+    "auto_cycle_search",
     "exact_params",
     "find_cycles",
     "laperm",

@@ -1,4 +1,6 @@
-"""Cycle search: disjoint cycles of the permissibility graph (SPEC §3.6).
+"""Cycle search: disjoint cycles of the permissibility graph.
+
+See docs/algorithm.md §7.
 
 Sources are taken in order of decreasing ``|r|`` (ties: larger sorted position
 first), skipping vertices already in a cycle or already tried. From each
@@ -29,10 +31,10 @@ from sgperm_jax._cycles_native import find_cycles_native
 from sgperm_jax._graph import PermissibilityGraph
 from sgperm_jax._partition import Partition
 
-__all__ = ["auto_method", "check_method", "find_cycles", "search",
-           "source_order", "SEARCH_METHODS"]
+__all__ = ["CYCLE_SEARCHES", "auto_cycle_search", "check_cycle_search",
+           "find_cycles", "search", "source_order"]
 
-SEARCH_METHODS = ("auto", "loop", "native", "pallas")
+CYCLE_SEARCHES = ("auto", "loop", "native", "pallas")
 # What runs: the loop, the native kernel, or a flavour of the Pallas kernel.
 _BACKENDS = ("loop", "native", "triton", "mosaic", "interpret")
 
@@ -44,29 +46,29 @@ def search(partitions: list[Partition], graphs: list[PermissibilityGraph],
     return find_cycles_loop(partitions, graphs)
   if backend == "native":
     return find_cycles_native(partitions, graphs)
-  from sgperm_jax import _cycles_pallas  # pylint: disable=import-outside-toplevel
+  from sgperm_jax import _cycles_pallas  # noqa: PLC0415 (lazy import)
   return _cycles_pallas.find_cycles_batches(partitions, graphs, backend)
 
 
-def backend_for(method: str, platform: str) -> str:
-  """The backend that ``method`` runs on ``platform`` (``"cpu"``, ``"cuda"``,
-  ``"tpu"``, or another)."""
-  if method == "auto":
-    method = auto_method(platform)
-  if method == "pallas":
+def backend_for(cycle_search: str, platform: str) -> str:
+  """The backend that ``cycle_search`` runs on ``platform`` (``"cpu"``,
+  ``"cuda"``, ``"tpu"``, or another)."""
+  if cycle_search == "auto":
+    cycle_search = auto_cycle_search(platform)
+  if cycle_search == "pallas":
     return {"cuda": "triton", "tpu": "mosaic"}.get(platform, "interpret")
-  return method
+  return cycle_search
 
 
-def on_platform(fn, method: str, *args):
-  """``fn(*args, backend=...)`` with the backend of ``method`` on the
+def on_platform(fn, cycle_search: str, *args):
+  """``fn(*args, backend=...)`` with the backend of ``cycle_search`` on the
   platform the computation is lowered for.
 
   Only the platforms where the backends differ get a branch of their own
   (each branch is traced, and the Pallas kernels are slow to trace).
   """
-  branches = {p: backend_for(method, p) for p in ("cpu", "cuda", "tpu")}
-  default = backend_for(method, "")
+  branches = {p: backend_for(cycle_search, p) for p in ("cpu", "cuda", "tpu")}
+  default = backend_for(cycle_search, "")
   kwargs = {p: (lambda *a, b=b: fn(*a, backend=b))
             for p, b in branches.items() if b != default}
   if not kwargs:
@@ -77,10 +79,12 @@ def on_platform(fn, method: str, *args):
 
 def find_cycles(partitions: Partition | Sequence[Partition],
                 graphs: PermissibilityGraph | Sequence[PermissibilityGraph],
-                *, method: str = "auto"):
-  """Finds the disjoint cycles of every subset of every row (SPEC §3.6).
+                *, cycle_search: str = "auto"):
+  """Finds the disjoint cycles of every subset of every row.
 
-  Every method gives the same result, bit for bit:
+  See docs/algorithm.md §7.
+
+  Every cycle search gives the same result, bit for bit:
 
   * ``"loop"``: portable JAX, one ``lax.while_loop`` over all rows of all
     batches (one row per lane, O(1) work per lane per iteration);
@@ -103,7 +107,7 @@ def find_cycles(partitions: Partition | Sequence[Partition],
     partitions: a :class:`Partition`, or a sequence of them (batches of rows
       of different lengths, searched together).
     graphs: the matching :class:`PermissibilityGraph` (or sequence).
-    method: ``"auto"``, ``"loop"``, ``"native"`` or ``"pallas"``.
+    cycle_search: ``"auto"``, ``"loop"``, ``"native"`` or ``"pallas"``.
 
   Returns:
     The cycles as a successor array per batch, ``(rows, n)`` int32 in sorted
@@ -113,33 +117,38 @@ def find_cycles(partitions: Partition | Sequence[Partition],
 
   Example:
     >>> import jax, jax.numpy as jnp, sgperm_jax
-    >>> p = sgperm_jax.partition(jax.random.key(0), jnp.array([[0., 1., 2.]]),
-    ...                          jnp.array([[-1., 1., 1.]]), size=3)
-    >>> g = sgperm_jax.permissibility_graph(p, alpha=1.0)
-    >>> sgperm_jax.find_cycles(p, g).tolist()
-    [[2, 0, 1]]
-    >>> sgperm_jax.find_cycles(p, g, method="loop").tolist()
-    [[2, 0, 1]]
+    >>> @jax.jit
+    ... def cycles(w, r):
+    ...   p = sgperm_jax.partition(jax.random.key(0), w, r, size=3)
+    ...   g = sgperm_jax.permissibility_graph(p, alpha=1.0)
+    ...   return (sgperm_jax.find_cycles(p, g),
+    ...           sgperm_jax.find_cycles(p, g, cycle_search="loop"))
+    >>> auto, loop = cycles(jnp.array([[0., 1., 2.]]),
+    ...                     jnp.array([[-1., 1., 1.]]))
+    >>> auto.tolist(), loop.tolist()
+    ([[2, 0, 1]], [[2, 0, 1]])
   """
-  check_method(method, "method")
+  check_cycle_search(cycle_search)
   single = isinstance(partitions, Partition)
-  if single:
-    partitions, graphs = [partitions], [graphs]
+  if isinstance(partitions, Partition):
+    partitions = [partitions]
+  if isinstance(graphs, PermissibilityGraph):
+    graphs = [graphs]
   partitions, graphs = list(partitions), list(graphs)
   if not partitions:
     return partitions
-  if method == "native" and not _native_kernel.available():
-    raise RuntimeError("find_cycles: method='native' needs the native CPU"
-                       f" kernel, which is unavailable here:"
+  if cycle_search == "native" and not _native_kernel.available():
+    raise RuntimeError("sgperm_jax: find_cycles: cycle_search='native' needs"
+                       " the native CPU kernel, which is unavailable here:"
                        f" {_native_kernel.load_error()}")
   out = on_platform(lambda p, g, backend: search(list(p), list(g), backend),
-                    method, tuple(partitions), tuple(graphs))
+                    cycle_search, tuple(partitions), tuple(graphs))
   out = list(out)
   return out[0] if single else out
 
 
-def auto_method(platform: str) -> str:
-  """The search that ``method="auto"`` runs on ``platform``.
+def auto_cycle_search(platform: str) -> str:
+  """The search that ``cycle_search="auto"`` runs on ``platform``.
 
   Args:
     platform: ``"cpu"``, ``"cuda"`` (or ``"gpu"``), ``"tpu"``, ...
@@ -150,7 +159,8 @@ def auto_method(platform: str) -> str:
 
   Example:
     >>> import sgperm_jax
-    >>> sgperm_jax.auto_method("cuda"), sgperm_jax.auto_method("tpu")
+    >>> import sgperm_jax as sj
+    >>> sj.auto_cycle_search("cuda"), sj.auto_cycle_search("tpu")
     ('pallas', 'loop')
   """
   if platform == "cpu":
@@ -158,8 +168,9 @@ def auto_method(platform: str) -> str:
   return "pallas" if platform in ("cuda", "gpu") else "loop"
 
 
-def check_method(method: str, name: str = "cycle_search") -> None:
-  """Raises ValueError, naming argument ``name``, unless ``method`` is known."""
-  if method not in SEARCH_METHODS:
-    raise ValueError(f"{name}: expected one of {SEARCH_METHODS}, got"
-                     f" {method!r}")
+def check_cycle_search(cycle_search: str) -> None:
+  """Raises ValueError naming the argument, unless ``cycle_search`` is known.
+  """
+  if cycle_search not in CYCLE_SEARCHES:
+    raise ValueError(f"sgperm_jax: cycle_search must be one of"
+                     f" {CYCLE_SEARCHES}, got {cycle_search!r}")

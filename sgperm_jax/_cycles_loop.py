@@ -83,7 +83,7 @@ def _flatten(partitions: Sequence[Partition],
   Returns the read-only table, the initial buffers, each lane's first
   position and one past its last, and the total size.
   """
-  fields = [[] for _ in range(8)]
+  fields: list[list[jax.Array]] = [[] for _ in range(8)]
   nexts, prevs, row_starts, row_ends = [], [], [], []
   base = 0
   for part, graph in zip(partitions, graphs):
@@ -111,7 +111,8 @@ def _flatten(partitions: Sequence[Partition],
   size = base
   buffers = jnp.concatenate([
       jnp.concatenate(nexts), jnp.concatenate(prevs),
-      jnp.zeros(3 * size, jnp.int32).at[2 * size:].set(-1),  # stack, cursor, seen
+      # stack, cursor, seen
+      jnp.zeros(3 * size, jnp.int32).at[2 * size:].set(-1),
       jnp.arange(size, dtype=jnp.int32)])
   return (table, buffers, jnp.concatenate(row_starts),
           jnp.concatenate(row_ends), size)

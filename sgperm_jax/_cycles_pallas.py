@@ -1,12 +1,14 @@
-"""Cycle search as a Pallas kernel: the accelerator path of SPEC §3.6.
+"""Cycle search as a Pallas kernel: the accelerator path of the search.
+
+See docs/algorithm.md §7.
 
 :func:`find_cycles_pallas` returns exactly what
 :func:`sgperm_jax.find_cycles` returns, bit for bit, but runs each row as
 scalar code in its own Pallas program instead of one batched
 ``lax.while_loop`` over every row. A program walks its row's subsets one
 after another and, in each, takes the sources in order and runs the
-depth-first search of SPEC §3.6 with the devices of the native CPU kernel
-(``csrc/sgperm_cycles.cc``), none of which changes its outcome:
+depth-first search of docs/algorithm.md §7 with the devices of the native
+CPU kernel (``csrc/sgperm_cycles.cc``), none of which changes its outcome:
 
 * the vertices not yet done are a doubly linked list of the row, so the walk
   never visits a done vertex;
@@ -52,6 +54,7 @@ exporting for those platforms.
 from __future__ import annotations
 
 import functools
+from typing import Any
 from typing import NamedTuple
 
 import jax
@@ -92,13 +95,13 @@ class _Row(NamedTuple):
   next: object  # the not-done vertices as a doubly linked list
   prev: object
   seen: object  # seen[v] == s: v is seen in the search from s
-  stack: object  # the path
-  cursor: object  # each path vertex's next candidate target
-  below: object  # union-find over done vertices: see _alive_below
-  run: object  # union-find over runs of seen vertices: see _mark_seen
-  run_lo: object
-  run_hi: object
-  run_size: object
+  stack: Any  # the path
+  cursor: Any  # each path vertex's next candidate target
+  below: Any  # union-find over done vertices: see _alive_below
+  run: Any  # union-find over runs of seen vertices: see _mark_seen
+  run_lo: Any
+  run_hi: Any
+  run_size: Any
 
   def load(self, ref, i: jax.Array) -> jax.Array:
     """``ref`` at row-local position ``i``."""
@@ -230,7 +233,7 @@ def _mark_seen(row: _Row, s: jax.Array, v: jax.Array) -> None:
 
     @pl.when(in_row & (row.load(row.seen, w) == s))
     def _():
-      _union(row, v, w)
+      _union(row, v, w)  # noqa: B023 (pl.when runs it at once)
 
 
 def _first_cursor(row: _Row, v: jax.Array) -> jax.Array:
@@ -455,7 +458,9 @@ def find_cycles_pallas(direction: jax.Array, reach_lo: jax.Array,
                        reach_hi: jax.Array, subset_lo: jax.Array,
                        subset_hi: jax.Array, sources: jax.Array, *,
                        interpret: bool = False) -> jax.Array:
-  """Finds the disjoint cycles of every subset of every row (SPEC §3.6).
+  """Finds the disjoint cycles of every subset of every row.
+
+  See docs/algorithm.md §7.
 
   The same result as :func:`sgperm_jax.find_cycles`, bit for bit, from one
   Pallas program per row: Pallas Triton on GPU, Mosaic on TPU, and the
@@ -496,7 +501,8 @@ def find_cycles_pallas(direction: jax.Array, reach_lo: jax.Array,
   if rows * n == 0:
     return jnp.zeros((rows, n), jnp.int32)
   if rows * n >= 2**31:
-    raise ValueError(f"find_cycles_pallas: {rows} rows of {n} overflow the "
+    raise ValueError(f"sgperm_jax: find_cycles_pallas: {rows} rows of {n}"
+                     " overflow the "
                      "int32 positions of the kernel")
   tables = [x.astype(jnp.int32)
             for x in (direction, reach_lo, reach_hi, subset_hi, sources)]

@@ -6,6 +6,7 @@ floating point; the permutation stage keeps the exact weights in its state.
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import jax
@@ -18,11 +19,8 @@ def _owns_exact_params(x: Any) -> bool:
 
 def _pure(tree: Any) -> Any:
   """Unwraps Flax NNX variables (as ``nnx.Optimizer`` keeps them)."""
-  try:
-    from flax import nnx  # pylint: disable=import-outside-toplevel
-  except ImportError:  # pragma: no cover
-    return tree
-  return nnx.as_pure(tree)
+  nnx = sys.modules.get("flax.nnx")  # NNX variables exist only if it is loaded
+  return tree if nnx is None else nnx.as_pure(tree)
 
 
 def apply_exact_states(params: Any, opt_state: Any) -> tuple[Any, bool]:
@@ -71,7 +69,8 @@ def exact_params(params: Any, opt_state: Any) -> Any:
   """
   params, found = apply_exact_states(_pure(params), _pure(opt_state))
   if not found:
-    raise ValueError("exact_params: opt_state holds no sgperm_jax state (was"
+    raise ValueError("sgperm_jax: exact_params: opt_state holds no sgperm_jax"
+                     " state (was"
                      " it made by sgperm, permute_by_recommendation or"
                      " laperm?)")
   return params

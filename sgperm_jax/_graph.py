@@ -1,4 +1,6 @@
-"""Permissibility graph: which slot may take which value (SPEC §3.3, §3.5).
+"""Permissibility graph: which slot may take which value.
+
+See docs/algorithm.md §6.
 
 An edge ``i -> k`` means "slot ``i`` may take the value now at ``k``". In the
 sorted layout each vertex's targets form one contiguous range of positions, so
@@ -38,7 +40,7 @@ class PermissibilityGraph(NamedTuple):
 
 def lower_bound(values: jax.Array, lo: jax.Array, hi: jax.Array,
                 target: jax.Array) -> jax.Array:
-  """First ``k`` in ``[lo, hi)`` with ``values[k] >= target`` per entry, else hi.
+  """First ``k`` in ``[lo, hi)`` with ``values[k] >= target`` (else ``hi``).
 
   ``values`` is ``(rows, n)`` and ascending on every ``[lo, hi)``; the other
   arguments are ``(rows, n)`` too, one query per entry.
@@ -69,7 +71,9 @@ def subset_counts(partition: Partition, mask: jax.Array) -> jax.Array:
 def permissibility_graph(partition: Partition, alpha: chex.Numeric,
                          value_range: jax.Array | None = None
                          ) -> PermissibilityGraph:
-  """Builds the permissibility graph of every subset (SPEC §3.3, §3.5).
+  """Builds the permissibility graph of every subset.
+
+  See docs/algorithm.md §6.
 
   Args:
     partition: rows in sorted layout, from :func:`partition`.

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+import chex
 import jax
 import jax.numpy as jnp
 import optax
-from jax import lax
 
 from sgperm_jax import _checks
 from sgperm_jax import _layout
@@ -91,7 +91,9 @@ class LaPermState(NamedTuple):
   params), in the leaf's shape (flat for a ``"whole"`` leaf of two or more
   dimensions); leaves that are not synced hold ``optax.MaskedNode()``.
   """
-  count: jax.typing.ArrayLike  # shape=(), dtype=jnp.int32: steps taken
+  # shape=(), dtype=jnp.int32: steps taken (the name shadows tuple.count,
+  # as in optax's states)
+  count: chex.Array
   steps_since_sync: jax.typing.ArrayLike  # shape=(), dtype=jnp.int32
   inner_state: Any  # state of the inner optimizer, kept across syncs
   bank: Any  # tree like params: sorted initial rows; MaskedNode if not synced
@@ -112,6 +114,7 @@ class LaPermState(NamedTuple):
       A tree like ``params``; every synced row a bit-exact permutation of its
       initial values.
     """
+    _checks.params_like_state(self.bank, params, same_shape=False)
     started = self.count > 0
 
     def view(bank_leaf, p):
@@ -223,7 +226,8 @@ def laperm(
   """
   if not (callable(getattr(inner, "init", None))
           and callable(getattr(inner, "update", None))):
-    raise TypeError("laperm: inner must be an optax GradientTransformation,"
+    raise TypeError("sgperm_jax: laperm: inner must be an optax"
+                    " GradientTransformation,"
                     f" got {inner!r}")
   inner = optax.with_extra_args_support(inner)
   if not callable(sync_period):
@@ -239,7 +243,7 @@ def laperm(
                            params, specs)
     return specs
 
-  def init_fn(params):
+  def init_fn(params: optax.Params) -> LaPermState:
     specs = resolve(params)
     for path, leaf, spec in zip(_layout.leaf_paths(params),
                                 jax.tree.leaves(params),
@@ -254,9 +258,11 @@ def laperm(
         inner_state=inner.init(params),
         bank=bank)
 
-  def update_fn(updates, state, params=None, **extra_args):
+  def update_fn(updates: optax.Updates, state: LaPermState,
+                params: optax.Params | None = None,
+                **extra_args: Any) -> tuple[optax.Updates, LaPermState]:
     if params is None:
-      raise ValueError("sgperm_jax.laperm: update needs params (the third"
+      raise ValueError("sgperm_jax: laperm: update needs params (the third"
                        " argument of tx.update); the bank of initial values"
                        " and the synchronisation are taken from them.")
     specs = resolve(params)

@@ -16,6 +16,7 @@ would flush them to zero), ties by position.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -149,9 +150,9 @@ def laperm_sync(params: list[jax.Array], updates: list[jax.Array],
     group = _Group([params[i] for i in members],
                    [updates[i] for i in members],
                    [bank[i].astype(params[i].dtype) for i in members])
-    branches = {"default": lambda *a: _jax_sync(table, *a)}
+    branches = {"default": functools.partial(_jax_sync, table)}
     if _native.available():
-      branches["cpu"] = lambda *a: _native_sync(table, *a)
+      branches["cpu"] = functools.partial(_native_sync, table)
     out_bank, out_updates = lax.platform_dependent(group, fill, sync,
                                                    **branches)
     for k, i in enumerate(members):

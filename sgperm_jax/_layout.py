@@ -1,8 +1,9 @@
 """Row layout: how a parameter leaf is viewed as a stack of weight vectors.
 
 SGPerm only permutes values *within* a weight vector ("row"). By default a row
-is all incoming connections of one output neuron (SPEC §1): the last axis of a
-leaf indexes neurons, a 1-D leaf (a bias) is one row, a 0-D leaf never moves.
+is all incoming connections of one output neuron (docs/algorithm.md §2): the
+last axis of a leaf indexes neurons, a 1-D leaf (a bias) is one row, a 0-D
+leaf never moves.
 Users may say per leaf ``"whole"`` (the whole leaf is one row) or ``None``
 (do not permute), as one value, a tree of values, or a callable on the params.
 """
@@ -11,17 +12,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any, Literal, Union
+from typing import Any, Final, Literal
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 RowLayout = Literal["neurons", "whole"] | None
-LayoutSpec = Union[RowLayout, Any, Callable[[Any], Any]]
+LayoutSpec = RowLayout | Any | Callable[[Any], Any]
 
-NEURONS = "neurons"
-WHOLE = "whole"
+NEURONS: Final = "neurons"
+WHOLE: Final = "whole"
 _VALID = (NEURONS, WHOLE, None)
 
 
@@ -51,7 +52,8 @@ def resolve_layout(layout: LayoutSpec, tree: Any) -> Any:
     specs = treedef.flatten_up_to(layout)
   except (ValueError, TypeError) as e:
     raise ValueError(
-        "layout: a tree of row layouts must have the structure of the params"
+        "sgperm_jax: layout: a tree of row layouts must have the structure of"
+        " the params"
         f" ({treedef}); got {jax.tree.structure(layout, is_leaf=_is_spec_leaf)}"
     ) from e
   for path, spec in zip(leaf_paths(tree), specs):
@@ -68,7 +70,8 @@ def check_layout(layout: LayoutSpec) -> None:
 def _check_spec(spec: Any, where: str) -> None:
   if spec not in _VALID:
     raise ValueError(
-        f"{where}: expected 'neurons', 'whole' or None, got {spec!r}")
+        f"sgperm_jax: {where}: expected 'neurons', 'whole' or None, got"
+        f" {spec!r}")
 
 
 def leaf_paths(tree: Any) -> list[str]:
@@ -77,7 +80,8 @@ def leaf_paths(tree: Any) -> list[str]:
           for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
 
 
-def row_shape(shape: tuple[int, ...], spec: RowLayout) -> tuple[int, int] | None:
+def row_shape(shape: tuple[int, ...], spec: RowLayout
+              ) -> tuple[int, int] | None:
   """Returns ``(rows, row_length)`` of a leaf, or None if nothing can move."""
   if spec is None or len(shape) == 0:
     return None

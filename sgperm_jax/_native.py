@@ -70,7 +70,7 @@ def _load() -> bool:
                 platform="cpu")
           _state["lib"] = lib  # keep it loaded
           ok = True
-        except Exception as e:  # pylint: disable=broad-except
+        except Exception as e:  # any failure: report it, fall back
           _state["error"] = f"{type(e).__name__}: {e}"
     _state["ok"] = ok
     return ok
@@ -126,12 +126,13 @@ def find_cycles_native(direction: jax.Array, reach_lo: jax.Array,
     ValueError: shapes differ or ``magnitude`` is not uint32/uint64.
   """
   if not available():
-    raise RuntimeError(f"sgperm_jax native kernel unavailable: {load_error()}")
+    raise RuntimeError(f"sgperm_jax: native kernel unavailable: {load_error()}")
   direction = jnp.asarray(direction)
   magnitude = jnp.asarray(magnitude)
   if magnitude.dtype not in (np.dtype(np.uint32), np.dtype(np.uint64)):
     raise ValueError(
-        f"magnitude: expected uint32 or uint64, got {magnitude.dtype}")
+        "sgperm_jax: magnitude: expected uint32 or uint64, got"
+        f" {magnitude.dtype}")
   shape = direction.shape
   args = [direction.astype(jnp.int8)] + [
       jnp.asarray(x).astype(jnp.int32)
@@ -139,10 +140,11 @@ def find_cycles_native(direction: jax.Array, reach_lo: jax.Array,
   for name, x in zip(("reach_lo", "reach_hi", "subset_lo", "subset_hi",
                       "magnitude"), args[1:]):
     if x.shape != shape:
-      raise ValueError(f"{name}: shape {x.shape} differs from direction's "
+      raise ValueError(f"sgperm_jax: {name}: shape {x.shape} differs from"
+                       " direction's "
                        f"{shape}")
   if len(shape) < 1:
-    raise ValueError("direction: expected (rows, n), got a scalar")
+    raise ValueError("sgperm_jax: direction: expected (rows, n), got a scalar")
   if int(np.prod(shape)) == 0:
     return jnp.zeros(shape, jnp.int32)
   call = jax.ffi.ffi_call("sgperm_find_cycles",
@@ -155,7 +157,8 @@ def permute_leaves_native(weights: list[jax.Array], recommendations:
                           list[jax.Array], *, offset: np.ndarray,
                           stride: np.ndarray, length: np.ndarray,
                           leaf: np.ndarray, size: jax.Array, keys: jax.Array,
-                          alpha: jax.Array, include_remainder: jax.Array,
+                          alpha: jax.Array,
+                          include_partition_remainder: jax.Array,
                           initial: list[jax.Array] | None = None,
                           started: jax.Array | bool = True
                           ) -> tuple[list[jax.Array], list[jax.Array] | None]:
@@ -180,7 +183,7 @@ def permute_leaves_native(weights: list[jax.Array], recommendations:
     size: ``(R,)`` int32 partition sizes, in ``[1, length]``.
     keys: ``(R, 2)`` uint32 threefry key data, one key per row.
     alpha: aggressiveness, a scalar (cast to the values' compute dtype).
-    include_remainder: whether a shorter last chunk takes part.
+    include_partition_remainder: whether a shorter last chunk takes part.
     initial: optional leaves like ``weights``; with them, the updates that
       move ``initial`` onto the permuted weights are returned too.
     started: whether to permute ``weights``; if False, ``initial``.
@@ -192,7 +195,7 @@ def permute_leaves_native(weights: list[jax.Array], recommendations:
     RuntimeError: the native library is not available.
   """
   if not available():
-    raise RuntimeError(f"sgperm_jax native kernel unavailable: {load_error()}")
+    raise RuntimeError(f"sgperm_jax: native kernel unavailable: {load_error()}")
   cdt = jnp.promote_types(weights[0].dtype, jnp.float32)
   results = [jax.ShapeDtypeStruct(w.shape, w.dtype) for w in weights]
   if initial is not None:
@@ -205,7 +208,8 @@ def permute_leaves_native(weights: list[jax.Array], recommendations:
   out = call(jnp.asarray(offset, jnp.int64), jnp.asarray(stride, jnp.int64),
              jnp.asarray(length, jnp.int32), jnp.asarray(leaf, jnp.int32),
              jnp.asarray(size, jnp.int32), jnp.asarray(keys, jnp.uint32),
-             jnp.asarray(alpha, cdt), jnp.asarray(include_remainder, bool),
+             jnp.asarray(alpha, cdt),
+             jnp.asarray(include_partition_remainder, bool),
              jnp.asarray(started, bool), *leaves)
   out = list(out)
   count = len(weights)
@@ -240,7 +244,7 @@ def laperm_sync_native(params: list[jax.Array], updates: list[jax.Array],
     The banks and the updates.
   """
   if not available():
-    raise RuntimeError(f"sgperm_jax native kernel unavailable: {load_error()}")
+    raise RuntimeError(f"sgperm_jax: native kernel unavailable: {load_error()}")
   results = ([jax.ShapeDtypeStruct(b.shape, b.dtype) for b in bank]
              + [jax.ShapeDtypeStruct(u.shape, u.dtype) for u in updates])
   call = jax.ffi.ffi_call("sgperm_laperm_sync", results,

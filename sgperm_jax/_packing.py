@@ -83,10 +83,12 @@ def row_table(leaves: list[tuple[int, tuple[int, ...], _layout.RowLayout]]
 
   Every leaf must have rows (:func:`_layout.row_shape` not None).
   """
-  fields = [[] for _ in range(6)]
+  fields: list[list[np.ndarray]] = [[] for _ in range(6)]
   sizes = []
   for k, (index, shape, spec) in enumerate(leaves):
-    rows, n = _layout.row_shape(shape, spec)
+    row_shape = _layout.row_shape(shape, spec)
+    assert row_shape is not None, "row_table: a leaf without rows"
+    rows, n = row_shape
     by_neuron = spec == _layout.NEURONS and len(shape) >= 2
     j = np.arange(rows, dtype=np.int64)
     for field, value in zip(fields, (
@@ -132,14 +134,15 @@ class Tiles:
   def segments(self) -> tuple[np.ndarray, np.ndarray]:
     """Flat slot of each stretch of a tile (a row, or padding), in order,
     and its row (``rows`` for padding)."""
-    starts, rows = [], []
+    start_list, row_list = [], []
     for b in self.blocks:
       t = np.arange(b.tiles)[:, None]
       q = np.arange(b.rows_per_tile)[None, :]
-      starts.append(((b.tile + t) * self.width + b.column + q * b.n).ravel())
-      rows.append((b.first_row + t * b.rows_per_tile + q).ravel())
-    starts = np.concatenate(starts)
-    rows = np.concatenate(rows)
+      start_list.append(
+          ((b.tile + t) * self.width + b.column + q * b.n).ravel())
+      row_list.append((b.first_row + t * b.rows_per_tile + q).ravel())
+    starts = np.concatenate(start_list)
+    rows = np.concatenate(row_list)
     ends = starts + np.concatenate(
         [np.full(b.tiles * b.rows_per_tile, b.n) for b in self.blocks])
     # Padding: wherever no row starts at the end of a row or of a tile.

@@ -162,7 +162,7 @@ def slot_bits(row_keys: jax.Array, row: jax.Array, position: jax.Array
     position: ``(tiles, width)`` int32 position of each slot in its row.
   """
   # jax.extend imports Pallas: only when bits are drawn.
-  from jax.extend.random import threefry2x32_p  # pylint: disable=import-outside-toplevel
+  from jax.extend.random import threefry2x32_p  # noqa: PLC0415 (lazy import)
   row = jnp.clip(row, 0, row_keys.shape[0] - 1)
   data = jax.random.key_data(as_threefry(row_keys))
   k1, k2 = data[row, 0], data[row, 1]
@@ -187,7 +187,7 @@ def typed_key(key: jax.Array) -> jax.Array:
 
 def partition_tiles(values: jax.Array, recommendations: jax.Array, *,
                     start: jax.Array, length: jax.Array, size: jax.Array,
-                    valid: jax.Array, include_remainder: chex.Numeric,
+                    valid: jax.Array, include_partition_remainder: chex.Numeric,
                     bits: Callable[[], jax.Array], shared: bool
                     ) -> Partition:
   """:func:`partition` of rows laid side by side in tiles.
@@ -202,7 +202,7 @@ def partition_tiles(values: jax.Array, recommendations: jax.Array, *,
     length: the row's length ``n``.
     size: the row's partition size, in ``[1, n]``.
     valid: False for padding (inactive, never moved).
-    include_remainder: whether a shorter last chunk takes part.
+    include_partition_remainder: whether a shorter last chunk takes part.
     bits: computes 32 random bits per slot (called only if some row is
       shuffled); a row is shuffled by sorting its bits, ties by position.
     shared: whether tiles may hold several rows; if not, ``start`` is 0.
@@ -229,13 +229,14 @@ def partition_tiles(values: jax.Array, recommendations: jax.Array, *,
   r = jnp.take_along_axis(recommendations, order, axis=1)
   hi = jnp.minimum(lo + size, start + length)
   active = (r != 0) & jnp.isfinite(r) & valid
-  active &= jnp.asarray(include_remainder, bool) | (hi - lo == size)
+  active &= jnp.asarray(include_partition_remainder, bool) | (hi - lo == size)
   return Partition(order=order, values=v, recommendations=r,
                    subset_lo=lo, subset_hi=hi, active=active)
 
 
 def partition(key: jax.Array, values: jax.Array, recommendations: jax.Array,
-              size: chex.Numeric, include_remainder: chex.Numeric = True,
+              size: chex.Numeric,
+              include_partition_remainder: chex.Numeric = True,
               row_ids: jax.Array | None = None) -> Partition:
   """Randomly partitions rows and sorts each subset by value.
 
@@ -245,7 +246,7 @@ def partition(key: jax.Array, values: jax.Array, recommendations: jax.Array,
     recommendations: ``(rows, n)`` recommendations (``r > 0``: wants smaller).
       Zero or non-finite entries are inactive.
     size: partition size ``P`` (see :func:`partition_size`); may be traced.
-    include_remainder: whether a shorter last chunk takes part.
+    include_partition_remainder: whether a shorter last chunk takes part.
     row_ids: ``(rows,)`` ids that seed each row's shuffle (default
       ``0..rows-1``); a row with the same key and id is always cut the same:
       its positions are ordered by ``jax.random.bits(fold_in(key, id), (n,),
@@ -278,5 +279,5 @@ def partition(key: jax.Array, values: jax.Array, recommendations: jax.Array,
       values, recommendations, start=jnp.zeros(shape, jnp.int32),
       length=jnp.full(shape, n, jnp.int32),
       size=jnp.broadcast_to(size, shape), valid=jnp.ones(shape, bool),
-      include_remainder=include_remainder, bits=bits,
+      include_partition_remainder=include_partition_remainder, bits=bits,
       shared=position_bits(n) * 2 + 32 <= 63)

@@ -1,4 +1,4 @@
-"""Permutation: move values along the cycles found (SPEC §3.7).
+"""Permutation: move values along the cycles found (docs/algorithm.md §8).
 
 Slot ``c_i`` of a cycle takes the value of ``c_{i+1}`` and the last slot the
 value of the first (``w[c] = w[roll(c, -1)]``). Values are only moved, never

@@ -1,9 +1,10 @@
 """Stage 1, recommendation: which way each slot wants its value to move.
 
-``r_t = m_t = momentum_lr * g_t + momentum * m_{t-1}`` (SPEC §2). ``r > 0`` asks
-for a smaller value, ``r < 0`` for a larger one, ``r == 0`` for none. A slot
-whose gradient is not finite counts as 0 in the momentum and its
-recommendation is NaN, which the permutation stage treats as inactive.
+``r_t = m_t = momentum_lr * g_t + momentum * m_{t-1}`` (docs/algorithm.md
+§3). ``r > 0`` asks for a smaller value, ``r < 0`` for a larger one,
+``r == 0`` for none. A slot whose gradient is not finite counts as 0 in the
+momentum and its recommendation is NaN, which the permutation stage treats
+as inactive.
 """
 
 from __future__ import annotations
@@ -50,7 +51,9 @@ def recommend(gradient: jax.Array, momentum_buffer: jax.Array,
 
 class RecommendationState(NamedTuple):
   """State of :func:`momentum_recommendation`."""
-  count: jax.typing.ArrayLike  # shape=(), dtype=jnp.int32: steps taken
+  # shape=(), dtype=jnp.int32: steps taken (the name shadows tuple.count,
+  # as in optax's states)
+  count: chex.Array
   momentum: Any  # tree like params: m_{t-1}, dtype mu_dtype or the params'
 
 
@@ -85,12 +88,14 @@ def momentum_recommendation(momentum_lr: optax.ScalarOrSchedule = 0.01,
   _checks.float_dtype("mu_dtype", mu_dtype)
   mu_dtype = None if mu_dtype is None else jnp.dtype(mu_dtype)
 
-  def init_fn(params):
+  def init_fn(params: optax.Params) -> RecommendationState:
     return RecommendationState(
         count=jnp.zeros([], jnp.int32),
         momentum=optax.tree.zeros_like(params, dtype=mu_dtype))
 
-  def update_fn(updates, state, params=None, **extra_args):
+  def update_fn(updates: optax.Updates, state: RecommendationState,
+                params: optax.Params | None = None,
+                **extra_args: Any) -> tuple[optax.Updates, RecommendationState]:
     del params, extra_args
     lr = momentum_lr(state.count) if callable(momentum_lr) else momentum_lr
     pairs = jax.tree.map(lambda g, m: recommend(g, m, lr, momentum),

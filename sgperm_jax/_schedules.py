@@ -1,4 +1,6 @@
-"""Aggressiveness and partition-ratio schedules of the reference (SPEC §2).
+"""Aggressiveness and partition-ratio schedules of the reference.
+
+See docs/algorithm.md §4.
 
 The reference decays *before* the first step: at step ``t = 0, 1, ...``
 
@@ -44,6 +46,9 @@ def aggressiveness(alpha0: optax.ScalarOrSchedule, beta1: float = 1.0,
 def partition_ratio(lamda0: optax.ScalarOrSchedule, beta2: float = 1.0,
                     lamda_max: float = 1.0) -> optax.Schedule:
   """The reference's partition-ratio schedule, or ``lamda0`` if a schedule.
+
+  ``lamda`` is the paper's spelling of the partition ratio λ, kept because
+  ``lambda`` is a Python keyword.
 
   Args:
     lamda0: initial partition ratio in ``[0, 1]``, or an optax schedule.

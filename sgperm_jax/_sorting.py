@@ -23,7 +23,7 @@ def wide_ints():
   enable = getattr(jax, "enable_x64", None)
   if enable is not None:
     return enable(True)
-  from jax.experimental import enable_x64  # pylint: disable=g-import-not-at-top
+  from jax.experimental import enable_x64  # noqa: PLC0415 (lazy import)
   return enable_x64()
 
 

@@ -15,6 +15,7 @@ the number of leaves (``_packing.py`` says where the rows are):
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple
 
 import chex
@@ -29,7 +30,7 @@ from sgperm_jax import _layout
 from sgperm_jax import _native
 from sgperm_jax import _packing
 from sgperm_jax import _sharding
-from sgperm_jax._cycles import check_method
+from sgperm_jax._cycles import check_cycle_search
 from sgperm_jax._graph import permissibility_graph
 from sgperm_jax._partition import partition_size, partition_tiles, slot_bits
 from sgperm_jax._partition import as_threefry, typed_key
@@ -82,7 +83,7 @@ def _native_step(table: _packing.RowTable, group: _Group, hp: StepHyperparams):
         group.weights, group.recs, offset=table.offset, stride=table.stride,
         length=table.length, leaf=table.leaf, size=group.size,
         keys=jax.random.key_data(group.keys), alpha=hp.alpha,
-        include_remainder=hp.include_partition_remainder,
+        include_partition_remainder=hp.include_partition_remainder,
         initial=group.initial, started=group.started)
 
 
@@ -118,8 +119,9 @@ def _stages_step(table: _packing.RowTable, group: _Group,
         start=slots.start,
         length=jnp.where(slots.valid, jnp.asarray(table.length)[row], 1),
         size=jnp.where(slots.valid, group.size[row], 1), valid=slots.valid,
-        include_remainder=hp.include_partition_remainder,
-        bits=lambda: slot_bits(group.keys, row, column - slots.start),  # pylint: disable=cell-var-from-loop
+        include_partition_remainder=hp.include_partition_remainder,
+        bits=functools.partial(slot_bits, group.keys, row,
+                               column - slots.start),
         shared=tiles.shared)
     value_range = _value_range(tile_values, slots, tiles.rows)
     graph = permissibility_graph(
@@ -149,7 +151,7 @@ def _step(table: _packing.RowTable, group: _Group, hp: StepHyperparams,
 
 class _Leaf(NamedTuple):
   """A leaf to permute."""
-  index: int  # its position among the tree's leaves
+  position: int  # its position among the tree's leaves
   weights: jax.Array
   recs: jax.Array
   layout: _layout.RowLayout
@@ -175,7 +177,7 @@ def _permute_leaves(key: jax.Array, leaves: list[_Leaf],
   updates: list[Any] = [None] * len(leaves)
   for members in groups.values():
     chosen = [leaves[i] for i in members]
-    table = _packing.row_table([(leaf.index, jnp.shape(leaf.weights),
+    table = _packing.row_table([(leaf.position, jnp.shape(leaf.weights),
                                  leaf.layout) for leaf in chosen])
     offsets = jnp.stack([jnp.asarray(row_offsets[i], jnp.int32)
                          for i in members])
@@ -184,7 +186,8 @@ def _permute_leaves(key: jax.Array, leaves: list[_Leaf],
     group = _Group(
         weights=[leaf.weights for leaf in chosen],
         recs=[leaf.recs.astype(recs_dtype) for leaf in chosen],
-        initial=[leaf.initial for leaf in chosen] if with_initial else None,
+        initial=([leaf.initial for leaf in chosen  # type: ignore[misc]
+                  ] if with_initial else None),
         started=started,
         size=partition_size(hp.lamda, table.length, hp.partition_size_min),
         keys=as_threefry(jax.vmap(lambda i, j: jax.random.fold_in(
@@ -219,20 +222,22 @@ def _permute_leaves_sharded(mesh: Any, key: jax.Array, leaves: list[_Leaf],
     offsets = [lax.axis_index(a) * jnp.shape(w)[-1] if a else 0
                for a, w in zip(axes, ws)]
     local_leaves = [
-        _Leaf(leaf.index, w, r, leaf.layout, w0 if with_initial else None)
+        _Leaf(leaf.position, w, r, leaf.layout, w0 if with_initial else None)
         for leaf, w, r, w0 in zip(leaves, ws, rs, initial)]
     return _permute_leaves(key, local_leaves, offsets, hp, cycle_search,
                            started)[0]
+
+  def placed(xs):
+    return [_sharding.as_spec(x, spec) for x, spec in zip(xs, specs)]
 
   new = jax.shard_map(
       local, mesh=mesh,
       in_specs=(P(), specs, specs, specs, StepHyperparams(*[P()] * 4), P()),
       out_specs=specs, check_vma=False)(
-          key, *([_sharding.as_spec(x, spec) for x, spec in zip(xs, specs)]
-                 for xs in ([leaf.weights for leaf in leaves],
-                            [leaf.recs for leaf in leaves],
-                            [leaf.initial if with_initial else leaf.weights
-                             for leaf in leaves])), hp, started)
+          key, placed([leaf.weights for leaf in leaves]),
+          placed([leaf.recs for leaf in leaves]),
+          placed([leaf.initial if with_initial else leaf.weights
+                  for leaf in leaves]), hp, started)
   new = [_sharding.like(w, leaf.weights) for w, leaf in zip(new, leaves)]
   if not with_initial:
     return new, None
@@ -255,18 +260,20 @@ def permute_tree(key: jax.Array, weights: Any, recommendations: Any,
     ``(new weights, updates)``, trees like ``weights``; updates are None
     without ``initial``.
   """
-  check_method(cycle_search)
+  check_cycle_search(cycle_search)
   if cycle_search == "native" and not _native.available():
-    raise RuntimeError("cycle_search='native' needs the native CPU kernel,"
-                       f" which is unavailable here: {_native.load_error()}")
+    raise RuntimeError("sgperm_jax: cycle_search='native' needs the native"
+                       " CPU kernel, which is unavailable here:"
+                       f" {_native.load_error()}")
   specs = _layout.resolve_layout(layout, weights)
-  leaves, treedef = jax.tree.flatten(weights)
+  leaves = jax.tree.leaves(weights)
+  treedef = jax.tree.structure(weights)
   paths = _layout.leaf_paths(weights)
   try:
     recs = treedef.flatten_up_to(recommendations)
   except (ValueError, TypeError) as e:
-    raise ValueError("recommendations must have the structure of the weights"
-                     f" ({treedef})") from e
+    raise ValueError("sgperm_jax: recommendations must have the structure of"
+                     f" the weights ({treedef})") from e
   spec_leaves = treedef.flatten_up_to(specs)
   firsts = (treedef.flatten_up_to(initial) if initial is not None
             else [None] * len(leaves))
@@ -274,14 +281,15 @@ def permute_tree(key: jax.Array, weights: Any, recommendations: Any,
   moving = []
   for i, (w, r, spec, path) in enumerate(zip(leaves, recs, spec_leaves, paths)):
     if _layout.row_shape(jnp.shape(w), spec) is None:
-      if initial is not None:
-        new[i] = (w if started is None
-                  else jnp.where(started, w, firsts[i]).astype(jnp.result_type(w)))
-        updates[i] = delta(new[i], firsts[i])
+      first = firsts[i]
+      if first is not None:  # left alone: the update is a plain difference
+        new[i] = (w if started is None else jnp.where(
+            started, w, first).astype(jnp.result_type(w)))
+        updates[i] = delta(new[i], first)
       continue
     _layout.check_float_leaf(w, path)
     if jnp.shape(r) != jnp.shape(w):
-      raise ValueError(f"recommendation for leaf {path} has shape"
+      raise ValueError(f"sgperm_jax: recommendation for leaf {path} has shape"
                        f" {jnp.shape(r)}, the leaf has {jnp.shape(w)}")
     moving.append(_Leaf(i, jnp.asarray(w), jnp.asarray(r), spec,
                         None if initial is None else jnp.asarray(firsts[i])))
@@ -295,9 +303,9 @@ def permute_tree(key: jax.Array, weights: Any, recommendations: Any,
       out, deltas = _permute_leaves_sharded(mesh, key, moving, hp,
                                             cycle_search, started)
     for k, leaf in enumerate(moving):
-      new[leaf.index] = out[k]
+      new[leaf.position] = out[k]
       if deltas is not None:
-        updates[leaf.index] = deltas[k]
+        updates[leaf.position] = deltas[k]
   new = jax.tree.unflatten(treedef, new)
   return new, (None if initial is None
                else jax.tree.unflatten(treedef, updates))
@@ -310,7 +318,9 @@ def permutation_step(key: jax.Array, weights: Any, recommendations: Any, *,
                      include_partition_remainder: chex.Numeric = True,
                      mesh: jax.sharding.Mesh | None = None,
                      cycle_search: str = "auto") -> Any:
-  """One SGPerm permutation of every row of every leaf (SPEC §3).
+  """One SGPerm permutation of every row of every leaf.
+
+  See docs/algorithm.md §5-§8.
 
   Composes :func:`partition`, :func:`permissibility_graph`,
   :func:`find_cycles` and :func:`permute`, run once on all rows of all

@@ -18,6 +18,7 @@ from __future__ import annotations
 import numbers
 from typing import Any, NamedTuple
 
+import chex
 import jax
 import jax.numpy as jnp
 import optax
@@ -35,7 +36,7 @@ def _apply_exact(params: Any, opt_state: Any) -> Any:
   return apply_exact_states(params, opt_state)[0]
 
 
-def _select(pred: jax.Array, on_true: Any, on_false: Any) -> Any:
+def _select(pred: chex.Numeric, on_true: Any, on_false: Any) -> Any:
   return jax.tree.map(lambda a, b: jnp.where(pred, a, b), on_true, on_false)
 
 
@@ -45,7 +46,9 @@ class SwitchState(NamedTuple):
   ``switched`` tells whether the last step was made by the second
   transformation; the first one's state is frozen from then on.
   """
-  count: jax.typing.ArrayLike  # shape=(), dtype=jnp.int32: steps taken
+  # shape=(), dtype=jnp.int32: steps taken (the name shadows tuple.count,
+  # as in optax's states)
+  count: chex.Array
   switched: jax.typing.ArrayLike  # shape=(), dtype=bool
   first_state: Any  # state of the first transformation
   second_state: Any  # state of the second transformation
@@ -146,29 +149,34 @@ def switch_after(
   for name, tx in (("first", first), ("second", second)):
     if not (callable(getattr(tx, "init", None))
             and callable(getattr(tx, "update", None))):
-      raise TypeError(f"switch_after: {name} must be an optax"
+      raise TypeError(f"sgperm_jax: switch_after: {name} must be an optax"
                       f" GradientTransformation, got {tx!r}")
   if isinstance(switch_step, bool) or not (
       isinstance(switch_step, numbers.Integral)
       or hasattr(switch_step, "dtype")):
-    raise TypeError(f"switch_step must be an integer, got {switch_step!r}")
+    raise TypeError("sgperm_jax: switch_step must be an integer, got"
+                    f" {switch_step!r}")
   if isinstance(switch_step, numbers.Integral) and switch_step < 0:
-    raise ValueError(f"switch_step must be >= 0, got {switch_step!r}")
+    raise ValueError("sgperm_jax: switch_step must be >= 0, got"
+                     f" {switch_step!r}")
   if not isinstance(warm_second, bool):
-    raise TypeError(f"warm_second must be True or False, got {warm_second!r}")
+    raise TypeError("sgperm_jax: warm_second must be True or False, got"
+                    f" {warm_second!r}")
   first = optax.with_extra_args_support(first)
   second = optax.with_extra_args_support(second)
 
-  def init_fn(params):
+  def init_fn(params: optax.Params) -> SwitchState:
     return SwitchState(
         count=jnp.zeros([], jnp.int32),
         switched=jnp.zeros([], bool),
         first_state=first.init(params),
         second_state=second.init(params))
 
-  def update_fn(updates, state, params=None, **extra_args):
+  def update_fn(updates: optax.Updates, state: SwitchState,
+                params: optax.Params | None = None,
+                **extra_args: Any) -> tuple[optax.Updates, SwitchState]:
     if params is None:
-      raise ValueError("sgperm_jax.switch_after: update needs params (the"
+      raise ValueError("sgperm_jax: switch_after: update needs params (the"
                        " third argument of tx.update), to hand the exact"
                        " weights over at the switch.")
 

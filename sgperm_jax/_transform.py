@@ -16,7 +16,7 @@ import optax
 
 from sgperm_jax import _checks
 from sgperm_jax import _layout
-from sgperm_jax._cycles import check_method
+from sgperm_jax._cycles import check_cycle_search
 from sgperm_jax._recommendation import momentum_recommendation
 from sgperm_jax._schedules import aggressiveness, partition_ratio
 from sgperm_jax._partition import typed_key
@@ -25,12 +25,15 @@ from sgperm_jax._step import StepHyperparams, permute_tree
 
 class PermutationState(NamedTuple):
   """State of :func:`permute_by_recommendation`."""
-  count: jax.typing.ArrayLike  # shape=(), dtype=jnp.int32: steps taken
+  # shape=(), dtype=jnp.int32: steps taken (the name shadows tuple.count,
+  # as in optax's states)
+  count: chex.Array
   rng_key: jax.Array  # raw uint32 threefry key data (2,), split every step
   weights: Any  # tree like params: the exact weights (zeros before step 0)
 
   def exact_params(self, params: Any) -> Any:
     """The exact weights: ``weights`` after the first step, else ``params``."""
+    _checks.params_like_state(self.weights, params, same_shape=True)
     started = self.count > 0
     return jax.tree.map(
         lambda w, p: p if isinstance(w, optax.MaskedNode)
@@ -82,6 +85,9 @@ def permute_by_recommendation(
   routed to another optimizer with ``optax.partition`` (not ``optax.masked``,
   which would pass raw gradients through as updates).
 
+  ``lamda`` is the paper's spelling of the partition ratio λ, kept because
+  ``lambda`` is a Python keyword.
+
   Args:
     alpha0: initial aggressiveness, or an optax schedule of it.
     lamda0: initial partition ratio in ``[0, 1]``, or an optax schedule of it.
@@ -114,16 +120,16 @@ def permute_by_recommendation(
       Pallas cycle search), ``"native"``, ``"loop"`` (the JAX stages with
       the portable cycle search) or ``"pallas"``; see :func:`find_cycles`.
       Every choice gives the same result, bit for bit.
-    center_recommendations: subtract from each row's recommendations
-      their mean over the row's active slots (ours, not the paper's; on by
-      default, ``False`` gives the paper's step exactly). A permutation keeps each row's sum, so the part of a
-      recommendation that asks the whole row to rise or fall cannot be
-      followed; when it dominates, every slot of a row asks the same way,
-      the permissibility graph has no cycle and the row stalls. Centering
-      keeps only the part a permutation can follow: which slots should grow
-      relative to the others. It never hurt and often helped on the
-      quality suite (``sgperm-jax quality``), see the README's "When does
-      permutation training work".
+    center_recommendations: subtract from each row's recommendations their mean
+      over the row's active slots (ours, not the paper's; on by default,
+      ``False`` gives the paper's step exactly). A permutation keeps each row's
+      sum, so the part of a recommendation that asks the whole row to rise or
+      fall cannot be followed; when it dominates, every slot of a row asks the
+      same way, the permissibility graph has no cycle and the row stalls.
+      Centering keeps only the part a permutation can follow: which slots should
+      grow relative to the others. It never hurt and often helped on the quality
+      suite (``sgperm-jax quality``), see the README's "When does permutation
+      training work".
 
   Returns:
     An optax ``GradientTransformationExtraArgs``.
@@ -144,10 +150,10 @@ def permute_by_recommendation(
   alpha_fn = aggressiveness(alpha0, beta1, alpha_min)
   lamda_fn = partition_ratio(lamda0, beta2, lamda_max)
   _layout.check_layout(layout)
-  check_method(cycle_search)
+  check_cycle_search(cycle_search)
   _checks.boolean("center_recommendations", center_recommendations)
 
-  def init_fn(params):
+  def init_fn(params: optax.Params) -> PermutationState:
     specs = _layout.resolve_layout(layout, params)
     for path, leaf, spec in zip(_layout.leaf_paths(params),
                                 jax.tree.leaves(params),
@@ -161,7 +167,9 @@ def permute_by_recommendation(
             jax.random.key(seed, impl="threefry2x32")),
         weights=optax.tree.zeros_like(params))
 
-  def update_fn(updates, state, params=None, **extra_args):
+  def update_fn(updates: optax.Updates, state: PermutationState,
+                params: optax.Params | None = None,
+                **extra_args: Any) -> tuple[optax.Updates, PermutationState]:
     del extra_args
     if params is None:
       raise ValueError("sgperm_jax: update needs params (the third argument"
@@ -216,6 +224,8 @@ def sgperm(
   found by depth-first search, sources by decreasing :math:`|r|`, and the
   values rotate along them. :math:`\alpha_t` and :math:`\lambda_t` follow the
   reference's schedules (decayed before the first step) or optax schedules.
+  ``lamda`` is the paper's spelling of the partition ratio λ, kept because
+  ``lambda`` is a Python keyword.
 
   ``sgperm(...)`` is ``optax.chain(momentum_recommendation(...),
   permute_by_recommendation(...))``; it must be the last transformation of a

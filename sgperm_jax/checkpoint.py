@@ -63,8 +63,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-_INSTALL_HINT = ("sgperm_jax.checkpoint needs orbax-checkpoint; install it"
-                 " with: pip install 'sgperm-jax[checkpoint]'")
+_INSTALL_HINT = ("sgperm_jax: sgperm_jax.checkpoint needs the [checkpoint]"
+                 " extra (orbax-checkpoint); install it with pip install"
+                 " 'sgperm-jax[checkpoint]'")
 
 
 class Checkpoint(NamedTuple):
@@ -79,7 +80,7 @@ class Checkpoint(NamedTuple):
 def _orbax():
   """Imports orbax-checkpoint, or raises ImportError with the install hint."""
   try:
-    import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+    import orbax.checkpoint as ocp  # noqa: PLC0415 (lazy import)
   except ImportError as e:
     raise ImportError(_INSTALL_HINT) from e
   return ocp
@@ -89,10 +90,10 @@ def _path(directory: str | os.PathLike[str]) -> str:
   """Absolute path (orbax needs one); URLs such as ``gs://`` pass unchanged."""
   if isinstance(directory, bool) or not isinstance(directory,
                                                    (str, os.PathLike)):
-    raise TypeError(f"directory must be a path, got {directory!r}")
+    raise TypeError(f"sgperm_jax: directory must be a path, got {directory!r}")
   directory = os.fspath(directory)
   if not directory:
-    raise ValueError("directory must not be empty")
+    raise ValueError("sgperm_jax: directory must not be empty")
   return directory if "://" in directory else os.path.abspath(directory)
 
 
@@ -100,10 +101,10 @@ def _check_step(step: Any) -> int:
   integer_array = (hasattr(step, "dtype") and jnp.ndim(step) == 0
                    and jnp.issubdtype(step.dtype, jnp.integer))
   if isinstance(step, bool) or not (isinstance(step, int) or integer_array):
-    raise TypeError(f"step must be an integer, got {step!r}")
+    raise TypeError(f"sgperm_jax: step must be an integer, got {step!r}")
   step = int(step)
   if step < 0:
-    raise ValueError(f"step must be >= 0, got {step}")
+    raise ValueError(f"sgperm_jax: step must be >= 0, got {step}")
   return step
 
 
@@ -185,22 +186,25 @@ def save_checkpoint(directory: str | os.PathLike[str], step: int, params: Any,
   if max_to_keep is not None and (isinstance(max_to_keep, bool)
                                   or not isinstance(max_to_keep, int)
                                   or max_to_keep < 1):
-    raise ValueError(f"max_to_keep must be None or an integer >= 1, got"
+    raise ValueError("sgperm_jax: max_to_keep must be None or an integer >= 1,"
+                     " got"
                      f" {max_to_keep!r}")
   if metadata is None:
     metadata = {}
   if not isinstance(metadata, dict):
-    raise TypeError(f"metadata must be a dict, got {metadata!r}")
+    raise TypeError(f"sgperm_jax: metadata must be a dict, got {metadata!r}")
   try:
     json.dumps(metadata)
   except (TypeError, ValueError) as e:
-    raise TypeError(f"metadata must be JSON-serialisable: {e}") from e
+    raise TypeError(
+        f"sgperm_jax: metadata must be JSON-serialisable: {e}") from e
   item = {"params": params, "opt_state": opt_state}
   if extra is not None:
     item["extra"] = extra
   with _manager(ocp, directory, max_to_keep) as manager:
     if step in manager.all_steps():
-      raise ValueError(f"step {step} is already saved in {directory}")
+      raise ValueError(f"sgperm_jax: step {step} is already saved in"
+                       f" {directory}")
     manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(item),
         metadata=ocp.args.JsonSave(metadata)))
@@ -304,28 +308,31 @@ def restore_checkpoint(directory: str | os.PathLike[str], params: Any,
     template["extra"] = extra
   target = jax.tree.map(_restore_target, template)
   if "://" not in directory and not os.path.isdir(directory):
-    raise FileNotFoundError(f"no checkpoint directory {directory}")
+    raise FileNotFoundError(f"sgperm_jax: no checkpoint directory {directory}")
   with ocp.CheckpointManager(directory) as manager:
     steps = manager.all_steps()
     if step is None:
       if not steps:
-        raise FileNotFoundError(f"no checkpoint in {directory}")
+        raise FileNotFoundError(f"sgperm_jax: no checkpoint in {directory}")
       step = max(steps)
     elif step not in steps:
-      raise FileNotFoundError(f"no checkpoint for step {step} in {directory}"
+      raise FileNotFoundError(f"sgperm_jax: no checkpoint for step {step} in"
+                              f" {directory}"
                               f" (saved: {sorted(steps)})")
     try:
       restored = manager.restore(step, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(target),
           metadata=ocp.args.JsonRestore()))
     except (ValueError, KeyError, TypeError) as e:
-      raise ValueError(f"checkpoint {step} in {directory} does not match the"
+      raise ValueError(f"sgperm_jax: checkpoint {step} in {directory} does not"
+                       " match the"
                        f" templates given: {e}") from e
   for path, got, want in zip(_leaf_paths(template),
                              jax.tree.leaves(restored["state"]),
                              jax.tree.leaves(template)):
     if jnp.shape(got) != jnp.shape(want):
-      raise ValueError(f"checkpoint {step} in {directory} does not match the"
+      raise ValueError(f"sgperm_jax: checkpoint {step} in {directory} does not"
+                       " match the"
                        f" templates given: {path} was saved with shape"
                        f" {jnp.shape(got)}, the template has"
                        f" {jnp.shape(want)}")

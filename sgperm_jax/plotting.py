@@ -25,16 +25,15 @@ import numpy as np
 
 import sgperm_jax
 
-_INSTALL = ('matplotlib is needed for plotting; install it with'
-            ' pip install "sgperm-jax[plot]"')
+_INSTALL = ("sgperm_jax: sgperm_jax.plotting needs the [plot] extra"
+            " (matplotlib); install it with pip install 'sgperm-jax[plot]'")
 
 
 def require_matplotlib() -> Any:
   """Imports matplotlib, or raises ImportError saying how to install it."""
   try:
-    import matplotlib  # pylint: disable=import-outside-toplevel
-    # pylint: disable-next=import-outside-toplevel,unused-import
-    import matplotlib.figure
+    import matplotlib  # noqa: PLC0415 (lazy import)
+    import matplotlib.figure  # noqa: PLC0415 (loads the submodule)
   except ImportError as e:
     raise ImportError(_INSTALL) from e
   return matplotlib
@@ -72,8 +71,7 @@ def plot_history(histories: Mapping[str, Mapping[str, Sequence[float]]], *,
     [2, 2]
   """
   require_matplotlib()
-  # pylint: disable-next=import-outside-toplevel
-  from matplotlib import lines, ticker
+  from matplotlib import lines, ticker  # noqa: PLC0415 (lazy import)
   fig = figure((10, 4))
   loss_ax, acc_ax = fig.subplots(1, 2)
   handles = []
@@ -137,7 +135,7 @@ class OneStep(NamedTuple):
     direction = np.asarray(self.graph.direction[0])
     lo = np.asarray(self.graph.reach_lo[0])
     hi = np.asarray(self.graph.reach_hi[0])
-    out = []
+    out: list[tuple[int, int]] = []
     for i, d in enumerate(direction):
       if d == 0:
         continue
@@ -195,7 +193,8 @@ def one_step(weights: Any, recommendations: Any, *, alpha: float,
   w = jnp.asarray(weights)
   r = jnp.asarray(recommendations)
   if w.ndim != 1 or r.shape != w.shape:
-    raise ValueError("one_step: weights and recommendations must be vectors"
+    raise ValueError("sgperm_jax: one_step: weights and recommendations must be"
+                     " vectors"
                      f" of one shape, got {w.shape} and {r.shape}")
   key = jax.random.key(0) if key is None else key
   extent = jnp.max(w) - jnp.min(w) if value_range is None else value_range
@@ -223,7 +222,7 @@ def _subset_bounds(step: OneStep) -> list[float]:
 
 def _arc(ax: Any, i: int, k: int, values: np.ndarray, color: str,
          width: float, alpha: float) -> None:
-  from matplotlib import patches  # pylint: disable=import-outside-toplevel
+  from matplotlib import patches  # noqa: PLC0415 (lazy import)
   rad = -0.35 if k > i else 0.35  # up-edges bend above, down-edges below
   ax.add_patch(patches.FancyArrowPatch(
       (i, values[i]), (k, values[k]), connectionstyle=f"arc3,rad={rad}",

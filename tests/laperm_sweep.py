@@ -1,4 +1,4 @@
-"""LaPerm vs Adam on scikit-learn's 8x8 digits: the sweep behind laperm's defaults.
+"""LaPerm vs Adam on scikit-learn's 8x8 digits: the sweep behind its defaults.
 
 Run from the repository root:
 
@@ -21,7 +21,7 @@ import sgperm_jax
 
 def main():
   sys.path.insert(0, "tests")
-  import test_laperm as setup  # pylint: disable=import-outside-toplevel
+  import test_laperm as setup  # noqa: PLC0415 (lazy import)
   setup._HIDDEN, setup._EPOCHS = int(sys.argv[1]), int(sys.argv[2])
   ks = [int(k) for k in sys.argv[3].split(",")]
   sync_vectors = "--sync-vectors" in sys.argv

@@ -1,7 +1,8 @@
-"""A literal, slow NumPy transcription of SPEC §3, used as the test oracle.
+"""A literal, slow NumPy transcription of the step, used as the test oracle.
 
-Written from the spec text, not from the library: Python lists, an explicit
-edge list per vertex and a plain depth-first search.
+The step is docs/algorithm.md §5-§8. Written from the algorithm's
+description, not from the library: Python lists, an explicit edge list per
+vertex and a plain depth-first search.
 """
 
 from __future__ import annotations
@@ -77,17 +78,3 @@ def row_step(w, r, value_range, alpha, subsets):
         out[pos[i]] = vals[(j + 1) % len(c)]
   return out
 
-
-def rows_of(x):
-  """SPEC §1 default rows of a leaf as a list of 1-D arrays (views copied)."""
-  x = np.asarray(x)
-  if x.ndim == 1:
-    return [x.copy()]
-  return [x[..., j].reshape(-1).copy() for j in range(x.shape[-1])]
-
-
-def from_rows(rows, shape):
-  if len(shape) == 1:
-    return np.asarray(rows[0])
-  out = np.stack([np.asarray(r) for r in rows], axis=-1)
-  return out.reshape(shape)

@@ -41,7 +41,7 @@ def random_rows(rng, rows, n, distinct, scale=1.0, zeros=0.0, special=0.0,
 
 @st.composite
 def stage_inputs(draw, shapes_, dtypes=tuple(DTYPES)):
-  """``(w, r, size, alpha, include_remainder, seed)`` for the stages."""
+  """``(w, r, size, alpha, include_partition_remainder, seed)``, for stages."""
   rows, n = draw(st.sampled_from(shapes_))
   dtype = draw(st.sampled_from(sorted(dtypes)))
   seed = draw(st.integers(0, 2**31 - 1))

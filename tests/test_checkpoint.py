@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import functools
-import os
-import subprocess
 import sys
 import textwrap
 
-import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -17,6 +14,8 @@ import pytest
 
 import sgperm_jax
 from sgperm_jax import checkpoint
+from tests import helpers
+from tests.helpers import bits as _bits
 
 pytest.importorskip("orbax.checkpoint")
 # orbax leaves reader coroutines behind when a restore fails (the template
@@ -26,13 +25,6 @@ pytestmark = pytest.mark.filterwarnings(
 
 STEPS = 10
 STOP = 4
-
-
-def _bits(x):
-  x = np.asarray(x)
-  if jnp.issubdtype(x.dtype, jnp.floating):  # bfloat16 too (kind "V")
-    return x.view(np.dtype(f"u{x.dtype.itemsize}"))
-  return x
 
 
 def _assert_bitwise_equal(a, b):
@@ -64,13 +56,17 @@ def _loss(params):
 
 
 def _make_step(tx, max_traces=None):
-  """A jitted train step for ``tx`` (each one compiles: seconds)."""
+  """A jitted train step for ``tx`` (each one compiles: seconds); with
+  ``max_traces``, tracing it more often is an error."""
+  traces = []
+
   def step(params, opt_state):
+    traces.append(1)
+    assert max_traces is None or len(traces) <= max_traces, (
+        f"the train step was traced {len(traces)} times")
     grads = jax.grad(_loss)(params)
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state
-  if max_traces is not None:
-    step = chex.assert_max_traces(step, n=max_traces)
   return jax.jit(step)
 
 
@@ -131,6 +127,7 @@ def _permutation_state(opt_state):
           if isinstance(s, sgperm_jax.PermutationState)]
 
 
+@pytest.mark.slow
 def test_resume_is_bit_identical(tmp_path):
   init, _, unbroken, (params, opt_state) = _unbroken()
   checkpoint.save_checkpoint(tmp_path, STOP, params, opt_state,
@@ -159,6 +156,7 @@ def test_resume_is_bit_identical(tmp_path):
       jax.tree.leaves(unbroken[-1][1]), jax.tree.leaves(unbroken[STOP][1])))
 
 
+@pytest.mark.slow
 def test_partitions_depend_on_the_restored_key(tmp_path):
   """Control: resuming with a restarted PRNG key diverges from the run."""
   init, tx, unbroken, (params, opt_state) = _unbroken()
@@ -204,6 +202,7 @@ def test_every_float_dtype_round_trips_bit_for_bit(tmp_path, dtype):
     _assert_bitwise_equal(restored.opt_state, opt_state)
 
 
+@pytest.mark.slow
 def test_resume_inside_inject_hyperparams(tmp_path):
   """Injected hyperparameters, changed mid-run, are saved and restored."""
   init = _model(jnp.float32)
@@ -217,7 +216,9 @@ def test_resume_inside_inject_hyperparams(tmp_path):
     return state
 
   tx = make_tx()
-  step = _make_step(tx)
+  # One compiled step for the whole test: the restored state must not
+  # retrace it.
+  step = _make_step(tx, max_traces=1)
   _, _, unbroken = _run(step, init, lower_alpha(tx.init(init)), STEPS)
   params, opt_state, _ = _run(step, init, lower_alpha(tx.init(init)), STOP)
   checkpoint.save_checkpoint(tmp_path, STOP, params, opt_state)
@@ -230,15 +231,19 @@ def test_resume_inside_inject_hyperparams(tmp_path):
   for got, want in zip(jax.tree.leaves(restored.opt_state),
                        jax.tree.leaves(template)):
     assert got.weak_type == want.weak_type and got.dtype == want.dtype
-  _, _, resumed = _run(_make_step(tx2, max_traces=1), restored.params,
-                       restored.opt_state, STEPS - STOP)
+  _, _, resumed = _run(step, restored.params, restored.opt_state,
+                       STEPS - STOP)
   _assert_same_runs(resumed, unbroken[STOP:])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["laperm", "switch_after"])
 def test_resume_composed_optimizers(tmp_path, name):
   """LaPerm (sync every 3 steps) and a switch from SGPerm to Adam resume
-  exactly across their sync points and the switch."""
+  exactly across their sync points and the switch.
+
+  The restored state continues in the same compiled step (a fresh
+  transformation and jit: ``test_resume_is_bit_identical``)."""
   init = _model(jnp.float32)
 
   def make_tx():
@@ -247,18 +252,18 @@ def test_resume_composed_optimizers(tmp_path, name):
     return sgperm_jax.switch_after(_make_tx(), optax.adam(0.05), STOP + 2)
 
   tx = make_tx()
-  step = _make_step(tx)
+  step = _make_step(tx, max_traces=1)
   _, _, unbroken = _run(step, init, tx.init(init), STEPS)
   params, opt_state, _ = _run(step, init, tx.init(init), STOP)
   checkpoint.save_checkpoint(tmp_path, STOP, params, opt_state)
-  tx2 = make_tx()
-  restored = checkpoint.restore_checkpoint(tmp_path, init,
-                                           jax.eval_shape(tx2.init, init))
-  _, _, resumed = _run(_make_step(tx2), restored.params, restored.opt_state,
+  restored = checkpoint.restore_checkpoint(
+      tmp_path, init, jax.eval_shape(make_tx().init, init))
+  _, _, resumed = _run(step, restored.params, restored.opt_state,
                        STEPS - STOP)
   _assert_same_runs(resumed, unbroken[STOP:])
 
 
+@pytest.mark.slow
 def test_resume_from_step_zero_and_extra_tree(tmp_path):
   """A state saved before any update (zeros as weights) resumes correctly."""
   init, tx, unbroken, _ = _unbroken()
@@ -359,6 +364,10 @@ def test_missing_orbax_raises_install_hint(monkeypatch, tmp_path):
 
 
 _SHARDED_SCRIPT = textwrap.dedent("""
+    import os
+    # LLVM's optimisations off (before JAX starts): compiling takes about half
+    # the time, and what is checked here does not depend on them.
+    os.environ["XLA_FLAGS"] += " --xla_backend_optimization_level=0"
     import sys, tempfile
     import jax, jax.numpy as jnp, numpy as np, optax
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
@@ -394,7 +403,9 @@ _SHARDED_SCRIPT = textwrap.dedent("""
     for _ in range(3):
       params, state = step(params, state)
 
-    tx2, step2 = make()  # fresh objects; templates carry the shardings
+    # A fresh transformation for the templates, which carry the shardings;
+    # the resumed run goes on in the compiled step (one compilation).
+    tx2, step2 = make()[0], step
     template_params = init()
     restored = checkpoint.restore_checkpoint(directory, template_params,
                                              tx2.init(template_params))
@@ -422,10 +433,4 @@ _SHARDED_SCRIPT = textwrap.dedent("""
 def test_sharded_resume_keeps_shardings_and_bits():
   """On 8 simulated devices: restored arrays take the templates' shardings
   and the resumed run matches the unbroken one bit for bit."""
-  env = dict(os.environ,
-             XLA_FLAGS="--xla_force_host_platform_device_count=8",
-             JAX_PLATFORMS="cpu")
-  out = subprocess.run([sys.executable, "-c", _SHARDED_SCRIPT], env=env,
-                       capture_output=True, text=True, timeout=600)
-  assert out.returncode == 0, out.stderr[-4000:]
-  assert "OK" in out.stdout
+  helpers.run_with_8_devices(_SHARDED_SCRIPT)

@@ -7,6 +7,7 @@ import numpy as np
 import optax
 
 import sgperm_jax
+from tests import helpers
 
 
 def _problem():
@@ -30,17 +31,13 @@ def _train(tx, steps, params, loss):
   return params, state
 
 
-def _same_rows(a, b):
-  return bool(jnp.all(jnp.sort(a, axis=0) == jnp.sort(b, axis=0)))
-
-
 def test_adam_direction_as_the_recommendation():
   params, loss = _problem()
   tx = optax.chain(optax.scale_by_adam(),
                    sgperm_jax.permute_by_recommendation(lamda0=1.0))
   trained, state = _train(tx, 15, params, loss)
   exact = sgperm_jax.exact_params(trained, state)
-  assert _same_rows(exact["kernel"], params["kernel"])
+  assert helpers.same_rows(exact["kernel"], params["kernel"])
   assert float(loss(exact)) < 0.5 * float(loss(params))
 
 
@@ -57,7 +54,7 @@ def test_sgperm_is_its_chained_form():
   b = _train(chained, 12, params, loss)
   chex.assert_trees_all_equal(a, b)
   exact = sgperm_jax.exact_params(*a)["kernel"]
-  assert _same_rows(exact, params["kernel"])
+  assert helpers.same_rows(exact, params["kernel"])
   assert bool(jnp.any(exact != params["kernel"]))
 
 
@@ -75,12 +72,12 @@ def test_anything_after_the_permutation_breaks_exactness():
   # The params land half-way between two permutations: not a permutation.
   np.testing.assert_allclose(halfway["kernel"],
                              (params["kernel"] + permuted) / 2, atol=1e-6)
-  assert not _same_rows(halfway["kernel"], params["kernel"])
+  assert not helpers.same_rows(halfway["kernel"], params["kernel"])
   # Every member of a chain sees the original params, so the permutation
   # stage cannot notice, and the gap to the exact weights does not close.
   updates, state = step(halfway, state)
   after = optax.apply_updates(halfway, updates)
-  assert not _same_rows(after["kernel"], params["kernel"])
+  assert not helpers.same_rows(after["kernel"], params["kernel"])
   gap = float(jnp.max(jnp.abs(after["kernel"] - sgperm_jax.exact_params(
       after, state)["kernel"])))
   assert gap > 1e-3
@@ -94,7 +91,7 @@ def test_partition_with_set_to_zero_keeps_other_leaves_fixed():
   trained, state = _train(tx, 6, params, loss)
   np.testing.assert_array_equal(trained["bias"], params["bias"])
   exact = sgperm_jax.exact_params(trained, state)
-  assert _same_rows(exact["kernel"], params["kernel"])
+  assert helpers.same_rows(exact["kernel"], params["kernel"])
   assert bool(jnp.any(exact["kernel"] != params["kernel"]))
   np.testing.assert_array_equal(exact["bias"], params["bias"])
 

@@ -8,6 +8,8 @@ optimizer is compared, and the automatic choice is read off the compiled
 program.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,6 +18,7 @@ import pytest
 
 import sgperm_jax
 from sgperm_jax import _native
+from tests.helpers import bits as _bits
 
 
 def _params():
@@ -25,27 +28,35 @@ def _params():
           "bias": jax.random.normal(keys[2], (7,))}
 
 
+_HP = dict(lamda0=0.3, momentum_lr=1.0, partition_size_min=3)
+
+
+def _tx(method):
+  return sgperm_jax.sgperm(**_HP, cycle_search=method)
+
+
+@functools.cache
+def _update(method):
+  """The jitted update of one search, shared by the tests below (one
+  compilation per search and tree of dtypes)."""
+  return jax.jit(_tx(method).update)
+
+
 def _run(method, steps=4):
   params = _params()
-  tx = sgperm_jax.sgperm(lamda0=0.3, momentum_lr=1.0, partition_size_min=3,
-                         cycle_search=method)
-  state = tx.init(params)
-
-  @jax.jit
-  def step(params, state, t):
-    grads = jax.tree.map(lambda p: jnp.sin(3.0 * p + t), params)
-    updates, state = tx.update(grads, state, params)
-    return optax.apply_updates(params, updates), state
-
+  state = _tx(method).init(params)
   moved = 0
   for t in range(steps):
-    new, state = step(params, state, float(t))
+    grads = jax.tree.map(lambda p, t=t: jnp.sin(3.0 * p + t), params)
+    updates, state = _update(method)(grads, state, params)
+    new = optax.apply_updates(params, updates)
     moved += sum(int(jnp.sum(a != b)) for a, b in
                  zip(jax.tree.leaves(new), jax.tree.leaves(params)))
     params = new
   return sgperm_jax.exact_params(params, state), moved
 
 
+@pytest.mark.slow
 def test_every_cycle_search_takes_the_same_steps():
   want, moved = _run("loop")
   assert moved > 20  # the comparison is not vacuous
@@ -60,11 +71,14 @@ def test_every_cycle_search_takes_the_same_steps():
 def test_unknown_cycle_search_is_named():
   with pytest.raises(ValueError, match="cycle_search"):
     sgperm_jax.sgperm(cycle_search="fast")
-  p = sgperm_jax.partition(jax.random.key(0), jnp.ones((1, 3)),
-                           jnp.ones((1, 3)), 3)
-  g = sgperm_jax.permissibility_graph(p, 0.5)
-  with pytest.raises(ValueError, match="method"):
-    sgperm_jax.find_cycles(p, g, method="gpu")
+
+  def stages(w):  # shapes only: the name is checked before any work
+    p = sgperm_jax.partition(jax.random.key(0), w, w, 3)
+    return p, sgperm_jax.permissibility_graph(p, 0.5)
+
+  p, g = jax.eval_shape(stages, jnp.ones((1, 3)))
+  with pytest.raises(ValueError, match="cycle_search"):
+    sgperm_jax.find_cycles(p, g, cycle_search="gpu")
 
 
 def _update_fn(method):
@@ -92,18 +106,14 @@ def test_auto_uses_the_pallas_kernel_on_gpu():
   assert "sgperm_find_cycles" in text
 
 
-def _bits(x):
-  x = np.asarray(x)
-  return x.view({2: np.uint16, 4: np.uint32, 8: np.uint64}[x.itemsize])
-
-
+@pytest.mark.slow
 @pytest.mark.parametrize("dtypes", [
-    ("float32",), ("bfloat16",), ("float16",), ("float64",),
-    ("bfloat16", "float32")])
+    ("float32",), ("bfloat16", "float16"), ("float64",)])
 def test_native_and_stages_give_the_same_updates(dtypes, request):
   """The updates themselves (not only the exact weights), bit for bit, in
-  every dtype and with leaves of two dtypes in one tree: the native kernel
-  computes them as XLA computes the stages' ``delta``."""
+  every dtype and with leaves of two dtypes in one tree (bfloat16 and
+  float16; each ``_params`` leaf takes the next dtype in turn): the native
+  kernel computes them as XLA computes the stages' ``delta``."""
   if not _native.available():
     pytest.skip("the native kernel is unavailable")
   if "float64" in dtypes:
@@ -114,10 +124,8 @@ def test_native_and_stages_give_the_same_updates(dtypes, request):
                        .astype(p.dtype), params)
   out = {}
   for method in ("loop", "native"):
-    tx = sgperm_jax.sgperm(lamda0=0.3, momentum_lr=1.0, partition_size_min=3,
-                           cycle_search=method)
-    state = tx.init(params)
-    update = jax.jit(tx.update)
+    state = _tx(method).init(params)
+    update = _update(method)  # float32: compiled by the test above
     p, steps = params, []
     for _ in range(3):
       updates, state = update(grads, state, p)
@@ -128,21 +136,20 @@ def test_native_and_stages_give_the_same_updates(dtypes, request):
     np.testing.assert_array_equal(_bits(a), _bits(b))
 
 
+@pytest.mark.slow
 def test_another_default_prng_changes_nothing():
   """With ``rbg`` as JAX's default PRNG, the optimizer still draws threefry
   bits (its key is threefry key data), so the step is the same, and the
   native kernel and the stages still agree."""
   params = _params()
   grads = jax.tree.map(jnp.cos, params)
-  want = None
-  for impl in ("threefry2x32", "rbg"):
-    with jax.default_prng_impl(impl):
-      for method in ("loop",) + (("native",) if _native.available() else ()):
-        tx = sgperm_jax.sgperm(lamda0=0.3, cycle_search=method)
-        state = tx.init(params)
-        updates, state = jax.jit(tx.update)(grads, state, params)
-        got = jax.tree.leaves(updates)
-        if want is None:
-          want = got
-        for a, b in zip(want, got):
-          np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  want = jax.tree.leaves(_update("loop")(grads, _tx("loop").init(params),
+                                         params)[0])
+  with jax.default_prng_impl("rbg"):
+    for method in ("loop",) + (("native",) if _native.available() else ()):
+      tx = _tx(method)
+      state = tx.init(params)
+      # a fresh jit: the default PRNG is not part of jit's cache key
+      updates, state = jax.jit(tx.update)(grads, state, params)
+      for a, b in zip(want, jax.tree.leaves(updates)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

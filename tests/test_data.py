@@ -6,7 +6,7 @@ import pathlib
 import numpy as np
 import pytest
 
-from sgperm_jax import data
+from sgperm_jax.experiments import data
 
 
 def write_idx(path: pathlib.Path, array: np.ndarray, magic: int | None = None,

@@ -10,20 +10,13 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
 import sgperm_jax
-
-
-def _rows(x, spec="neurons"):
-  """Independent NumPy view of a leaf as rows (SPEC §1), in float64."""
-  x = np.asarray(x, np.float64)
-  if spec == "whole" or x.ndim == 1:
-    return x.reshape(1, -1)
-  return x.reshape(-1, x.shape[-1]).T
+from tests import helpers
 
 
 def _synced(initial, current, spec="neurons"):
   """``sorted(initial_row)[rank(current_row)]``, ties stable, as rows."""
-  bank = np.sort(_rows(initial, spec), axis=1)
-  cur = _rows(current, spec)
+  bank = np.sort(helpers.rows(initial, spec, np.float64), axis=1)
+  cur = helpers.rows(current, spec, np.float64)
   out = np.empty_like(bank)
   for j in range(cur.shape[0]):
     out[j, np.argsort(cur[j], kind="stable")] = bank[j]
@@ -31,31 +24,32 @@ def _synced(initial, current, spec="neurons"):
 
 
 def _params(dtype, key=0):
-  k1, k2, k3 = jax.random.split(jax.random.key(key), 3)
-  return {"dense": {"kernel": jax.random.normal(k1, (7, 5), dtype),
-                    "bias": jax.random.normal(k2, (5,), dtype)},
-          "conv": {"kernel": jax.random.normal(k3, (3, 3, 2, 4), dtype)}}
+  # NumPy draws: eager jax.random compiles a program per shape and dtype.
+  rng = np.random.default_rng(key)
+  normal = lambda *shape: jnp.asarray(
+      rng.standard_normal(shape, np.float32), dtype)
+  return {"dense": {"kernel": normal(7, 5), "bias": normal(5)},
+          "conv": {"kernel": normal(3, 3, 2, 4)}}
 
 
 def _grads(params, key):
-  keys = jax.random.split(jax.random.key(key), 3)
-  leaves, treedef = jax.tree.flatten(params)
-  return jax.tree.unflatten(treedef, [
-      jax.random.normal(k, p.shape, p.dtype) for k, p in zip(keys, leaves)])
+  rng = np.random.default_rng(1000 + key)  # NumPy, as in _params
+  return jax.tree.map(lambda p: jnp.asarray(
+      rng.standard_normal(p.shape, np.float32), p.dtype), params)
 
 
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
-def test_every_sync_is_an_exact_permutation_through_apply_updates(dtype):
-  """At every sync each row holds exactly its initial values (bit for bit)."""
-  initial = _params(dtype)
+@pytest.mark.slow
+def test_every_sync_is_an_exact_permutation_through_apply_updates():
+  """At every sync each row holds exactly its initial values (bit for bit),
+  in float32 and bfloat16 (one tree, so that the step compiles once)."""
+  initial = {"f32": _params(jnp.float32), "bf16": _params(jnp.bfloat16, 1)}
   period = 4
   inner = optax.adam(0.3)
   tx = sgperm_jax.laperm(inner, period, skip_vectors=False,
                          center_updates=False)  # updates pass through
 
   @jax.jit
-  def step(params, state, inner_state, t):
-    grads = _grads(params, t)
+  def step(params, state, inner_state, grads):
     updates, state = tx.update(grads, state, params)
     # Adam's updates do not depend on params: the free weights are known.
     inner_updates, inner_state = inner.update(grads, inner_state, params)
@@ -67,34 +61,39 @@ def test_every_sync_is_an_exact_permutation_through_apply_updates(dtype):
   params, state, inner_state = initial, tx.init(initial), inner.init(initial)
   syncs = 0
   for t in range(24):
+    grads = {k: _grads(v, t) for k, v in params.items()}
     params, state, inner_state, free, exact, updates, inner_updates = step(
-        params, state, inner_state, t)
+        params, state, inner_state, grads)
     chex.assert_trees_all_equal_dtypes(exact, params)
     if (t + 1) % period:
       chex.assert_trees_all_equal(updates, inner_updates)
       continue
     syncs += 1
-    for name in ("dense", "conv"):
-      for leaf in initial[name]:
-        e, p = exact[name][leaf], params[name][leaf]
-        np.testing.assert_array_equal(
-            np.sort(_rows(e), 1), np.sort(_rows(initial[name][leaf]), 1))
-        # The synced view is the definition, computed independently.
-        np.testing.assert_array_equal(
-            _rows(e), _synced(initial[name][leaf], p))
-        # Params are the synced weights up to apply_updates' rounding.
-        scale = np.max(np.abs(_rows(initial[name][leaf])))
-        np.testing.assert_allclose(
-            _rows(p), _rows(e), rtol=0,
-            atol=scale * float(jnp.finfo(dtype).eps) * 4)
-        if dtype == jnp.float32:
-          # The sync followed the ranks of the freely trained weights.
-          np.testing.assert_array_equal(
-              _rows(e), _synced(initial[name][leaf], free[name][leaf]))
+    for kind, dtype in (("f32", jnp.float32), ("bf16", jnp.bfloat16)):
+      for name in ("dense", "conv"):
+        for leaf in initial[kind][name]:
+          start = initial[kind][name][leaf]
+          e, p = exact[kind][name][leaf], params[kind][name][leaf]
+          assert e.dtype == dtype
+          helpers.assert_same_rows(e, start)
+          e_rows = helpers.rows(e, dtype=np.float64)
+          # The synced view is the definition, computed independently.
+          np.testing.assert_array_equal(e_rows, _synced(start, p))
+          # Params are the synced weights up to apply_updates' rounding.
+          scale = np.max(np.abs(np.asarray(start, np.float64)))
+          np.testing.assert_allclose(
+              helpers.rows(p, dtype=np.float64), e_rows, rtol=0,
+              atol=scale * float(jnp.finfo(dtype).eps) * 4)
+          if dtype == jnp.float32:
+            # The sync followed the ranks of the freely trained weights.
+            np.testing.assert_array_equal(
+                e_rows, _synced(start, free[kind][name][leaf]))
   assert syncs == 6
-  moved = np.mean(np.asarray(exact["conv"]["kernel"], np.float32)
-                  != np.asarray(initial["conv"]["kernel"], np.float32))
-  assert moved > 0.5
+  for kind in ("f32", "bf16"):
+    moved = np.mean(np.asarray(exact[kind]["conv"]["kernel"], np.float32)
+                    != np.asarray(initial[kind]["conv"]["kernel"],
+                                  np.float32))
+    assert moved > 0.5, kind
 
 
 def test_sync_is_computed_from_values_not_deltas():
@@ -102,13 +101,14 @@ def test_sync_is_computed_from_values_not_deltas():
   params = jnp.array([1e8, 1.0, 2.0, 3.0])
   tx = sgperm_jax.laperm(optax.sgd(1.0), sync_period=1, skip_vectors=False)
   state = tx.init(params)
-  updates, state = tx.update(jnp.array([2e8, -2e8, 0., 0.]), state, params)
+  update = jax.jit(tx.update)  # one compilation, not one per eager op
+  updates, state = update(jnp.array([2e8, -2e8, 0., 0.]), state, params)
   params = optax.apply_updates(params, updates)
   # Slot 0 should hold 1.0, but 1e8 + (1 - 1e8) is 0 in float32.
   assert params.tolist() == [0.0, 1e8, 2.0, 3.0]
   assert sgperm_jax.exact_params(params, state).tolist() == [1.0, 1e8, 2., 3.]
   # The next sync gathers the values again from the bank: exact once more.
-  updates, state = tx.update(jnp.zeros(4), state, params)
+  updates, state = update(jnp.zeros(4), state, params)
   params = optax.apply_updates(params, updates)
   assert params.tolist() == [1.0, 1e8, 2.0, 3.0]
 
@@ -118,19 +118,20 @@ def test_exact_params_is_the_synced_view_at_any_time():
   tx = optax.chain(optax.clip_by_global_norm(10.0),
                    sgperm_jax.laperm(optax.adam(0.1), sync_period=50))
   params, state = initial, tx.init(initial)
-  chex.assert_trees_all_equal(sgperm_jax.exact_params(params, state), params)
+  exact_params = jax.jit(sgperm_jax.exact_params)  # compiles once
+  chex.assert_trees_all_equal(exact_params(params, state), params)
   step = jax.jit(tx.update)
   for t in range(7):  # no sync yet: free weights
     updates, state = step(_grads(params, t), state, params)
     params = optax.apply_updates(params, updates)
-  exact = sgperm_jax.exact_params(params, state)
+  exact = exact_params(params, state)
   kernel = params["dense"]["kernel"]
   assert np.any(np.asarray(kernel) != np.asarray(initial["dense"]["kernel"]))
   np.testing.assert_array_equal(
-      _rows(exact["dense"]["kernel"]),
+      helpers.rows(exact["dense"]["kernel"], dtype=np.float64),
       _synced(initial["dense"]["kernel"], kernel))
   np.testing.assert_array_equal(
-      _rows(exact["conv"]["kernel"]),
+      helpers.rows(exact["conv"]["kernel"], dtype=np.float64),
       _synced(initial["conv"]["kernel"], params["conv"]["kernel"]))
   # Vectors are skipped by default: the bias is the free bias.
   np.testing.assert_array_equal(exact["dense"]["bias"],
@@ -145,11 +146,12 @@ def test_skipped_leaves_train_exactly_like_the_inner_optimizer():
   inner = optax.adam(0.1)
   params, state = initial, tx.init(initial)
   ref, ref_state = initial, inner.init(initial)
+  update, ref_update = jax.jit(tx.update), jax.jit(inner.update)
   for t in range(9):
     grads = _grads(params, t)
-    updates, state = tx.update(grads, state, params)
+    updates, state = update(grads, state, params)
     params = optax.apply_updates(params, updates)
-    ref_updates, ref_state = inner.update(grads, ref_state, ref)
+    ref_updates, ref_state = ref_update(grads, ref_state, ref)
     ref = optax.apply_updates(ref, ref_updates)
   # The kernel (layout None) and the bias (a vector, skip_vectors) are free.
   np.testing.assert_array_equal(params["dense"]["kernel"],
@@ -158,10 +160,9 @@ def test_skipped_leaves_train_exactly_like_the_inner_optimizer():
   assert isinstance(state.bank["dense"]["bias"], optax.MaskedNode)
   # The conv kernel is one row ("whole"): a permutation of all its values.
   exact = sgperm_jax.exact_params(params, state)["conv"]["kernel"]
+  helpers.assert_same_rows(exact, initial["conv"]["kernel"], "whole")
   np.testing.assert_array_equal(
-      np.sort(np.ravel(exact)), np.sort(np.ravel(initial["conv"]["kernel"])))
-  np.testing.assert_array_equal(
-      _rows(exact, "whole"),
+      helpers.rows(exact, "whole", np.float64),
       _synced(initial["conv"]["kernel"], params["conv"]["kernel"], "whole"))
 
 
@@ -178,7 +179,7 @@ def test_inside_optax_partition():
     params = optax.apply_updates(params, updates)
   exact = sgperm_jax.exact_params(params, state)
   np.testing.assert_array_equal(
-      _rows(exact["dense"]["kernel"]),
+      helpers.rows(exact["dense"]["kernel"], dtype=np.float64),
       _synced(initial["dense"]["kernel"], params["dense"]["kernel"]))
   assert np.any(exact["dense"]["kernel"] != initial["dense"]["kernel"])
   np.testing.assert_array_equal(exact["conv"]["kernel"],
@@ -210,6 +211,7 @@ def test_sync_period_schedule():
   assert synced_after == [2, 4, 6, 8, 10, 15, 20, 25, 30]
 
 
+@pytest.mark.slow
 def test_one_trace_for_a_whole_run():
   initial = _params(jnp.float32)
   tx = sgperm_jax.laperm(optax.adam(0.1), 3)
@@ -227,6 +229,7 @@ def test_one_trace_for_a_whole_run():
   assert int(state.count) == 25 and int(state.steps_since_sync) == 1
 
 
+@pytest.mark.slow
 def test_inject_hyperparams_matches_direct_use():
   initial = _params(jnp.float32)
   direct = sgperm_jax.laperm(optax.adam(0.1), 3)
@@ -262,13 +265,14 @@ def test_init_needs_only_shapes():
 def test_updates_keep_dtypes_and_accept_extra_args():
   params = _params(jnp.bfloat16)
   tx = sgperm_jax.laperm(optax.adam(0.1), 1)
-  updates, _ = tx.update(_grads(params, 0), tx.init(params), params,
-                         unknown_argument=1.0)
+  updates, _ = jax.jit(tx.update)(_grads(params, 0), tx.init(params),
+                                  params, unknown_argument=1.0)
   chex.assert_trees_all_equal_dtypes(updates, params)
 
 
+@pytest.mark.slow
 def test_works_in_flax_nnx_optimizer():
-  from flax import nnx  # pylint: disable=import-outside-toplevel
+  from flax import nnx  # noqa: PLC0415 (lazy import)
   model = nnx.Sequential(nnx.Linear(8, 6, rngs=nnx.Rngs(0)), nnx.relu,
                          nnx.Linear(6, 3, rngs=nnx.Rngs(1)))
   initial = jnp.array(model.layers[0].kernel[...])
@@ -285,10 +289,10 @@ def test_works_in_flax_nnx_optimizer():
 
   for _ in range(8):
     train_step(model, optimizer)
-  exact = sgperm_jax.exact_params(nnx.state(model, nnx.Param),
-                                  optimizer.opt_state)
+  exact = jax.jit(sgperm_jax.exact_params)(nnx.state(model, nnx.Param),
+                                           optimizer.opt_state)
   kernel = exact["layers"][0]["kernel"]
-  np.testing.assert_array_equal(np.sort(kernel, 0), np.sort(initial, 0))
+  helpers.assert_same_rows(kernel, initial)
   assert np.any(np.asarray(kernel) != np.asarray(initial))
 
 
@@ -393,9 +397,10 @@ def test_laperm_adam_within_one_point_of_adam_on_digits():
 def test_centered_updates_keep_each_free_row_sum(center):
   """Between syncs, centered inner updates keep every synced row's sum (the
   sum a synchronisation restores); the paper's rule lets it drift."""
-  k1, k2 = jax.random.split(jax.random.key(5))
-  params = {"w": jax.random.normal(k1, (6, 4)), "b": jnp.zeros(4)}
-  x = jax.random.normal(k2, (8, 6))
+  rng = np.random.default_rng(5)
+  params = {"w": jnp.asarray(rng.standard_normal((6, 4), np.float32)),
+            "b": jnp.zeros(4)}
+  x = jnp.asarray(rng.standard_normal((8, 6), np.float32))
   loss = lambda p: jnp.sum((jnp.tanh(x @ p["w"] + p["b"][None]) - 0.5) ** 2)
   tx = sgperm_jax.laperm(optax.adam(0.05), sync_period=100,
                          center_updates=center)

@@ -11,15 +11,21 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sgperm_jax import _laperm, _laperm_sync, _layout, _native, _packing
+from sgperm_jax import _laperm, _laperm_sync, _native, _packing
+from tests import helpers
+from tests.helpers import bits as _bits
 
 _PALETTE = np.array([0.0, -0.0, 1.5, -2.0, np.nan, np.inf, -np.inf, 3.25,
                      1e-30, -1e-30, 1e-40])
 
 
+_SHAPES = [(6, 5), (3, 3, 2, 4), (40,)]
+_TABLE = _packing.row_table([(i, s, "neurons") for i, s in enumerate(_SHAPES)])
+
+
 def _leaves(dtype, seed=0):
   rng = np.random.default_rng(seed)
-  shapes = [(6, 5), (3, 3, 2, 4), (40,)]
+  shapes = _SHAPES
   params = [jnp.asarray(rng.choice(_PALETTE, s), dtype) for s in shapes[::2]]
   params.insert(1, jnp.asarray(rng.normal(size=shapes[1]), dtype))
   updates = [jnp.asarray(rng.normal(size=p.shape) * 0.5, jnp.float32)
@@ -27,36 +33,42 @@ def _leaves(dtype, seed=0):
   return params, updates, ["neurons", "neurons", "neurons"]
 
 
+# One jitted function per path, for every test (fill and sync are traced):
+# one compilation per path and dtype.
+_SYNC = {path: jax.jit(lambda g, f, s, fn=fn: fn(_TABLE, g, f, s))
+         for path, fn in (("jax", _laperm_sync._jax_sync),
+                          ("native", _laperm_sync._native_sync))}
+
+
 def _run(path, params, updates, bank, fill, sync):
-  table = _packing.row_table([(i, p.shape, "neurons")
-                              for i, p in enumerate(params)])
-  fn = {"jax": _laperm_sync._jax_sync,
-        "native": _laperm_sync._native_sync}[path]
+  assert [p.shape for p in params] == _SHAPES
   group = _laperm_sync._Group(params, updates, bank)
-  return jax.jit(lambda g, f, s: fn(table, g, f, s))(
-      group, jnp.asarray(fill), jnp.asarray(sync))
+  return _SYNC[path](group, jnp.asarray(fill), jnp.asarray(sync))
 
 
-def _bits(x):
-  x = np.asarray(x)
-  return x.view({2: np.uint16, 4: np.uint32, 8: np.uint64}[x.itemsize])
+@jax.jit
+def _synced_by_leaf(bank, free, params, updates):
+  """The definition, leaf by leaf: the bank ranked like ``free``."""
+  return [_laperm_sync.synced_update(_laperm._synchronize(b, f), p, u.dtype)
+          for b, f, p, u in zip(bank, free, params, updates)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float16])
 def test_bank_and_sync_follow_their_definition(dtype):
   params, updates, layouts = _leaves(dtype)
   bank, synced = _run("jax", params, updates,
                       [jnp.zeros_like(p) for p in params], True, True)
-  for p, b, u, s, spec in zip(params, bank, updates, synced, layouts):
-    rows = np.asarray(_layout.to_rows(p, spec))
+  for p, b, spec in zip(params, bank, layouts):
+    rows = helpers.rows(np.asarray(p), spec)
     order = np.argsort(rows.astype(np.float64), axis=-1, kind="stable")
-    rows = np.take_along_axis(rows, order, axis=-1)
-    np.testing.assert_array_equal(_bits(b), _bits(_layout.from_rows(
-        jnp.asarray(rows), spec, p.shape)))
-    free = (p + u).astype(p.dtype)
-    want = _laperm_sync.synced_update(_laperm._synchronize(b, free), p,
-                                      u.dtype)
-    np.testing.assert_array_equal(np.asarray(s), np.asarray(want))
+    np.testing.assert_array_equal(
+        _bits(helpers.rows(np.asarray(b), spec)),
+        _bits(np.take_along_axis(rows, order, axis=-1)))
+  free = [(p + u).astype(p.dtype) for p, u in zip(params, updates)]  # eager
+  want = _synced_by_leaf(bank, free, params, updates)
+  for s, w in zip(synced, want):
+    np.testing.assert_array_equal(np.asarray(s), np.asarray(w))
 
 
 @pytest.mark.skipif(not _native.available(), reason="no native kernel")

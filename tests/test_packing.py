@@ -31,17 +31,25 @@ def test_row_table_reads_each_row_of_each_leaf():
   assert table.sizes == tuple(int(np.prod(s)) for _, s, _ in _LEAVES)
 
 
+def _slots_and_index(table, tiles):
+  """The slots of a tiling and their gather index, as one compiled program
+  (not an eager op at a time)."""
+  def run():
+    slots = _packing.slots(tiles)
+    return slots, _packing.gather_index(table, slots)
+  return jax.jit(run)()
+
+
 @pytest.mark.parametrize("leaves", [
     _LEAVES, [(0, (5, 3), "neurons"), (1, (2**15 + 3,), "neurons"),
               (2, (2**15 + 9, 2), "neurons")]],
     ids=["shared", "long rows"])
 def test_tiles_hold_every_row_once(leaves):
   table = _packing.row_table(leaves)
-  _, flat = _flat(leaves)
   seen = []
   for tiles, _ in _packing.tiles_of(table):
-    slots = _packing.slots(tiles)
-    index = np.asarray(_packing.gather_index(table, slots))
+    slots, index = _slots_and_index(table, tiles)
+    index = np.asarray(index)
     valid = np.asarray(slots.valid)
     row = np.asarray(slots.row)
     start = np.asarray(slots.start)
@@ -60,19 +68,20 @@ def test_tiles_hold_every_row_once(leaves):
     # padding is inactive on its own: a stretch of one slot
     np.testing.assert_array_equal(start[~valid], column[~valid])
   seen = np.sort(np.concatenate(seen))
-  np.testing.assert_array_equal(seen, np.arange(flat.shape[0]))
+  np.testing.assert_array_equal(seen, np.arange(sum(table.sizes)))
 
 
 def test_slot_bits_are_each_rows_random_bits():
-  keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(3), i))(
-      jnp.arange(4))
+  keys = jax.jit(jax.vmap(lambda i: jax.random.fold_in(jax.random.key(3),
+                                                       i)))(jnp.arange(4))
   row = jnp.asarray([[0, 0, 0, 1, 1], [2, 2, 3, 3, 3]], jnp.int32)
   position = jnp.asarray([[0, 1, 2, 0, 1], [0, 1, 0, 1, 2]], jnp.int32)
-  got = _partition.slot_bits(keys, row, position)
+  got = np.asarray(jax.jit(_partition.slot_bits)(keys, row, position))
+  each = np.asarray(jax.jit(jax.vmap(  # each row's bits, by its own key
+      lambda k: jax.random.bits(k, (8,), jnp.uint32)))(keys))
   for t in range(2):
     for c in range(5):
-      want = jax.random.bits(keys[row[t, c]], (8,), jnp.uint32)[position[t, c]]
-      assert int(got[t, c]) == int(want)
+      assert got[t, c] == each[row[t, c], position[t, c]]
 
 
 @pytest.mark.skipif(not _native.available(), reason="no native kernel")
@@ -83,7 +92,7 @@ def test_native_kernel_rejects_rows_outside_their_leaf():
         w, w, offset=np.array([0]), stride=np.array([3]),
         length=np.array([5]), leaf=np.array([0]), size=jnp.array([5]),
         keys=jnp.zeros((1, 2), jnp.uint32), alpha=0.5,
-        include_remainder=True)[0])
+        include_partition_remainder=True)[0])
   with wide_ints(), pytest.raises(Exception, match="outside its leaf"):
     jax.block_until_ready(_native.laperm_sync_native(
         w, w, w, offset=np.array([0]), stride=np.array([1]),

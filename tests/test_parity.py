@@ -1,4 +1,7 @@
-"""Parity with the reference implementation's recorded runs (SPEC §5)."""
+"""Parity with the reference implementation's recorded runs.
+
+See docs/algorithm.md §13.
+"""
 
 import json
 import pathlib
@@ -56,6 +59,6 @@ def test_fixture_cases_move_weights():
     c = case["case"]
     before = _tree(DATA, f"c{c}/params0")
     after = _tree(DATA, f"c{c}/params{case['steps']}")
-    changed = sum(int(np.sum(before[l][n] != after[l][n]))
-                  for l in before for n in before[l])
+    changed = sum(int(np.sum(before[k][n] != after[k][n]))
+                  for k in before for n in before[k])
     assert changed > 0, c

@@ -8,7 +8,7 @@ import pytest
 from matplotlib import patches
 
 from sgperm_jax import plotting
-from sgperm_jax import train
+from sgperm_jax.experiments import train
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -25,7 +25,7 @@ def test_plot_history_one_colour_per_optimizer():
   for ax in (loss_ax, acc_ax):
     lines = ax.get_lines()
     assert len(lines) == 4  # 2 optimizers x (train, test)
-    colours = {l.get_label(): l.get_color() for l in lines}
+    colours = {ln.get_label(): ln.get_color() for ln in lines}
     assert colours["sgperm (test)"] == colours["sgperm (train)"]
     assert colours["sgperm (test)"] != colours["adam (test)"]
   np.testing.assert_array_equal(loss_ax.get_lines()[0].get_xdata(), [1, 2])
@@ -46,7 +46,7 @@ def _random_step(n=14, seed=0, **kwargs):
 
 @pytest.mark.parametrize("lamda", [1.0, 0.5])
 def test_one_step_is_consistent(lamda):
-  step, w, r = _random_step(alpha=0.3, lamda=lamda, partition_size_min=4)
+  step, w, _ = _random_step(alpha=0.3, lamda=lamda, partition_size_min=4)
   np.testing.assert_array_equal(np.sort(step.after), np.sort(w))
   edges = set(step.edges())
   active = np.asarray(step.graph.direction[0]) != 0
@@ -100,7 +100,7 @@ def test_plot_one_step_draws_every_edge_and_cycle():
   heights = [p.get_height() for p in fig.axes[3].patches
              if isinstance(p, patches.Rectangle) and p.get_fill()]
   np.testing.assert_allclose(heights, step.moved_values)
-  subset_lines = [l for l in fig.axes[0].get_lines() if l.get_linestyle()
+  subset_lines = [ln for ln in fig.axes[0].get_lines() if ln.get_linestyle()
                   == ":"]
   assert len(subset_lines) == len(np.unique(step.partition.subset_lo)) - 1
   buf = io.BytesIO()

@@ -10,32 +10,67 @@ import pytest
 from flax import nnx
 
 import sgperm_jax
-from sgperm_jax import diagnostics, quality
+from sgperm_jax.experiments import diagnostics, quality
+from tests import helpers
 
 
+@pytest.mark.slow
 def test_suite_writes_the_table_json_and_plot(tmp_path, capsys):
+  """End to end on one epoch and one seed (the statistics over seeds: the
+  next test): LaPerm (exact and free weights) on a BatchNorm convnet
+  (accuracy) and on the regression (MSE, frozen hidden layer)."""
   out = tmp_path / "q"
   assert quality.main([
-      "--tasks", "cnn-bn-digits,regression-w16", "--seeds", "2",
-      "--epochs-scale", "0.05", "--optimizers", "adam,sgperm,laperm",
+      "--tasks", "cnn-bn-digits,regression-w16", "--seeds", "1",
+      "--epochs-scale", "0.01", "--optimizers", "laperm",
       "--json", f"{out}.json", "--md", f"{out}.md", "--plot",
       f"{out}.png"]) == 0
   table = capsys.readouterr().out
   assert "| cnn-bn-digits | % accuracy |" in table
   assert "| regression-w16 | test MSE |" in table
   data = json.loads((tmp_path / "q.json").read_text())
-  assert len(data["runs"]) == 2 * 3 * 2
-  rows = {(r["task"], r["optimizer"]): r for r in data["rows"]}
-  assert rows["cnn-bn-digits", "adam"]["seeds"] == 2
-  for (task, opt), row in rows.items():
-    if task.startswith("cnn"):
-      assert 0.0 <= row["score"] <= 1.0
-    else:
-      assert row["score"] > 0  # an MSE
-    if opt == "adam":  # free and exact are the same weights
-      assert row["free_score"] == row["score"]
+  assert [(r["task"], r["optimizer"], r["seed"]) for r in data["runs"]] == [
+      ("cnn-bn-digits", "laperm", 0), ("regression-w16", "laperm", 0)]
+  cnn, regression = data["rows"]
+  for row in data["rows"]:
+    assert row["seeds"] == 1 and row["score_std"] == 0
+  assert 0.0 <= cnn["score"] <= 1.0 and cnn["metric"] == "accuracy"
+  assert regression["score"] > 0 and regression["metric"] == "test MSE"
+  # LaPerm's exact (synced) weights are not its free weights
+  assert cnn["free_score"] != cnn["score"]
   assert (tmp_path / "q.md").read_text().strip() in table
   assert (tmp_path / "q.png").stat().st_size > 1000
+  # Adam's free and exact weights are the same.
+  task = quality.tasks()["regression-w16"]
+  run = quality.train_one(task, task.load(), "adam", 0, 1)
+  assert run.free_score == run.score > 0
+
+
+def test_summary_and_table_over_seeds():
+  """Mean ± std over seeds per task and optimizer, LaPerm's free weights in
+  their own column, '-' where an optimizer did not run."""
+  known = quality.tasks()
+  chosen = [known["cnn-bn-digits"], known["regression-w16"]]
+  runs = [quality.Run("cnn-bn-digits", "laperm", 0, 0.5, 0.4, 2.0),
+          quality.Run("cnn-bn-digits", "laperm", 1, 0.7, 0.6, 4.0),
+          quality.Run("regression-w16", "adam", 0, 0.25, 0.25, 1.0),
+          quality.Run("regression-w16", "adam", 1, 0.75, 0.75, 1.0)]
+  rows = quality.summarize(runs, chosen)
+  assert [(r["task"], r["optimizer"], r["metric"], r["seeds"])
+          for r in rows] == [("cnn-bn-digits", "laperm", "accuracy", 2),
+                             ("regression-w16", "adam", "test MSE", 2)]
+  lap, adam = rows
+  assert lap["score"] == pytest.approx(0.6)
+  assert lap["score_std"] == pytest.approx(0.1)
+  assert lap["free_score"] == pytest.approx(0.5)
+  assert lap["seconds"] == pytest.approx(3.0)
+  assert adam["score"] == adam["free_score"] == pytest.approx(0.5)
+  assert adam["score_std"] == pytest.approx(0.25)
+  assert quality.markdown(rows, chosen).splitlines() == [
+      "| task | metric | adam | laperm | laperm free | seconds/run |",
+      "|---|---|---:|---:|---:|---:|",
+      "| cnn-bn-digits | % accuracy | - | 60.0 ± 10.0 | 50.0 ± 10.0 | 3.0 |",
+      "| regression-w16 | test MSE | 0.5000 ± 0.2500 | - | - | 1.0 |"]
 
 
 @pytest.mark.parametrize("name", quality.OPTIMIZERS + quality.PAPER_OPTIMIZERS)
@@ -100,16 +135,16 @@ def test_regression_trains_only_the_output_weights():
   state = tx.init(params)
   grads = jax.tree.map(jnp.ones_like, params)
   grads["out"]["kernel"] = nnx.Param(jnp.linspace(-1, 1, 32)[:, None])
-  updates, state = tx.update(grads, state, params)
+  updates, state = jax.jit(tx.update)(grads, state, params)
   new = optax.apply_updates(params, updates)
   np.testing.assert_array_equal(new["hidden"]["kernel"][...],
                                 params["hidden"]["kernel"][...])
   out = np.asarray(new["out"]["kernel"][...])
   assert np.any(out != params["out"]["kernel"][...])
-  np.testing.assert_array_equal(np.sort(out, 0),
-                                np.sort(params["out"]["kernel"][...], 0))
+  helpers.assert_same_rows(out, params["out"]["kernel"][...])
 
 
+@pytest.mark.slow
 def test_diagnostics_measure_each_sync():
   task = quality.tasks()["mlp-digits"]
   found = diagnostics.events(
@@ -126,12 +161,13 @@ def test_diagnostics_measure_each_sync():
 
 
 def test_top_level_help_lists_the_commands_and_version(capsys):
-  from sgperm_jax import cli  # pylint: disable=import-outside-toplevel
+  from sgperm_jax import cli  # noqa: PLC0415 (lazy import)
   assert cli.main(["-h"]) == 0
   out = capsys.readouterr().out
   for name in ("train", "bench", "quality"):
     assert f"  {name} " in out
   assert cli.main(["--version"]) == 0
-  assert capsys.readouterr().out.strip() == f"sgperm-jax {sgperm_jax.__version__}"
+  version = capsys.readouterr().out.strip()
+  assert version == f"sgperm-jax {sgperm_jax.__version__}"
   assert cli.main(["fit"]) == 2
   assert "unknown command 'fit'" in capsys.readouterr().err

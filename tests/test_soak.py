@@ -24,19 +24,11 @@ import optax
 import pytest
 
 import sgperm_jax
+from tests import helpers
 
 STEPS = 2000
 CHECK_AT = (1, 500, 1000, 1500, STEPS)
 BATCH = 128
-
-
-def _bits(x: np.ndarray) -> np.ndarray:
-  return x.view(np.dtype(f"u{x.dtype.itemsize}"))
-
-
-def _rows(x: np.ndarray) -> np.ndarray:
-  """SPEC §1 rows as a 2-D array, one row per line."""
-  return x.reshape(1, -1) if x.ndim == 1 else x.reshape(-1, x.shape[-1]).T
 
 
 def _ulp(x: np.ndarray) -> np.ndarray:
@@ -68,16 +60,15 @@ def _check_exact(initial: dict, params: dict, opt_state, when: int) -> int:
     for key in path:
       got, cur = got[key.key], cur[key.key]
     assert got.dtype == start.dtype and got.shape == start.shape, where
-    np.testing.assert_array_equal(
-        np.sort(_bits(_rows(got)), axis=1), np.sort(_bits(_rows(start)),
-                                                    axis=1),
+    helpers.assert_same_rows(
+        got, start, by_bits=True,
         err_msg=f"{where}: rows are no longer permutations of their start")
-    row_max = np.max(np.abs(_rows(start)), axis=1, keepdims=True)
-    off = np.abs(_rows(cur).astype(np.float64) - _rows(got))
+    row_max = np.max(np.abs(helpers.rows(start)), axis=1, keepdims=True)
+    off = np.abs(helpers.rows(cur).astype(np.float64) - helpers.rows(got))
     assert np.all(off <= 2 * _ulp(row_max)), (
         f"{where}: params drifted {np.max(off / _ulp(row_max)):.1f} ulps from"
         " the exact weights")
-    moved += int(np.sum(_bits(got) != _bits(start)))
+    moved += int(np.sum(helpers.bits(got) != helpers.bits(start)))
   return moved
 
 

@@ -6,12 +6,20 @@ import numpy as np
 import optax
 import pytest
 from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import sgperm_jax
 from tests import reference
 from tests import strategies
 
-_SHAPES = [(1, 2), (3, 5), (2, 16), (3, 33)]  # one compilation per shape
+# (shape, dtype) pairs: one compilation each, every dtype on some shape.
+_CASES = [((1, 2), "bfloat16"), ((3, 5), "float16"), ((2, 16), "bfloat16"),
+          ((3, 33), "float32")]
+_INPUTS = st.one_of(*[strategies.stage_inputs([shape], dtypes=(dtype,))
+                      for shape, dtype in _CASES])
+# The search that "auto" runs here, by name: the same program, without
+# tracing the other platforms' branches (Pallas kernels: slow to trace).
+_SEARCH = sgperm_jax.auto_cycle_search(jax.default_backend())
 
 
 @jax.jit
@@ -20,7 +28,7 @@ def _stages(w, r, size, alpha, remainder, seed):
   key = seed if jnp.ndim(seed) else jax.random.key(seed)
   part = sgperm_jax.partition(key, w, r, size, remainder)
   graph = sgperm_jax.permissibility_graph(part, alpha)
-  succ = sgperm_jax.find_cycles(part, graph)
+  succ = sgperm_jax.find_cycles(part, graph, cycle_search=_SEARCH)
   return part, graph, succ, sgperm_jax.permute(part, succ)
 
 
@@ -32,8 +40,9 @@ def _subsets(part, row):
   return [order[lo:hi].tolist() for lo, hi in bounds]
 
 
-@settings(max_examples=40, deadline=None)
-@given(strategies.stage_inputs(_SHAPES))
+@pytest.mark.slow
+@settings(max_examples=30, deadline=None)
+@given(_INPUTS)
 def test_stages_match_oracle_on_the_same_partition(case):
   w, r, size, alpha, remainder, seed = case
   part, _, _, out = _stages(w, r, size, alpha, remainder, seed)
@@ -52,8 +61,9 @@ def test_stages_match_oracle_on_the_same_partition(case):
     np.testing.assert_array_equal(np.asarray(out[row]), expected)
 
 
-@settings(max_examples=40, deadline=None)
-@given(strategies.stage_inputs(_SHAPES))
+@pytest.mark.slow
+@settings(max_examples=30, deadline=None)
+@given(_INPUTS)
 def test_partition_is_a_sorted_cover(case):
   w, r, size, alpha, remainder, seed = case
   part = _stages(w, r, size, alpha, remainder, seed)[0]
@@ -79,10 +89,12 @@ def test_partition_is_a_sorted_cover(case):
     np.testing.assert_array_equal(active, want)
 
 
-@settings(max_examples=40, deadline=None)
-@given(strategies.stage_inputs(_SHAPES))
+@pytest.mark.slow
+@settings(max_examples=30, deadline=None)
+@given(_INPUTS)
 def test_invariants(case):
-  """SPEC §4: exact multiset; each moved slot took a permissible value."""
+  """docs/algorithm.md §13: exact multiset; each moved slot took a
+  permissible value."""
   w, r, size, alpha, remainder, seed = case
   part, graph, succ, out = _stages(w, r, size, alpha, remainder, seed)
   w_np, out_np = np.asarray(w), np.asarray(out)
@@ -105,13 +117,15 @@ def test_invariants(case):
     assert np.all(v[s[down]] < v[down])
 
 
+@pytest.mark.slow
 def test_stages_compose_to_the_transformation():
-  key = jax.random.key(3)
-  kw, kr = jax.random.split(key)
-  params = {"dense": {"kernel": jax.random.normal(kw, (20, 6)),
-                      "bias": jnp.linspace(-1., 1., 6)},
-            "conv": {"kernel": jax.random.normal(kr, (3, 3, 2, 4))}}
-  grads = jax.tree.map(lambda p: jnp.cos(3 * p) - 0.1, params)
+  rng = np.random.default_rng(3)
+  params = {"dense": {"kernel": rng.normal(size=(20, 6)),
+                      "bias": np.linspace(-1., 1., 6)},
+            "conv": {"kernel": rng.normal(size=(3, 3, 2, 4))}}
+  grads = jax.tree.map(lambda p: jnp.asarray(np.cos(3 * p) - 0.1,
+                                             jnp.float32), params)
+  params = jax.tree.map(lambda p: jnp.asarray(p, jnp.float32), params)
   hp = dict(alpha0=0.4, lamda0=0.3, beta1=0.9, beta2=1.0, alpha_min=0.0,
             lamda_max=1.0, momentum_lr=1.0, momentum=0.5,
             partition_size_min=4, seed=11, center_recommendations=False)
@@ -120,43 +134,55 @@ def test_stages_compose_to_the_transformation():
   updates, state = jax.jit(tx.update)(grads, state, params)
   got = sgperm_jax.exact_params(optax.apply_updates(params, updates), state)
 
-  # The same step from the public stages, one leaf at a time.
-  _, step_key = jax.random.split(jax.random.PRNGKey(hp["seed"]))
-  alpha = sgperm_jax.aggressiveness(0.4, 0.9, 0.0)(0)
-  lamda = sgperm_jax.partition_ratio(0.3, 1.0, 1.0)(0)
-  leaves, treedef = jax.tree.flatten(params)
-  out = []
-  for i, (w, g) in enumerate(zip(leaves, treedef.flatten_up_to(grads))):
-    r, _ = sgperm_jax.recommend(g, jnp.zeros_like(g), 1.0, 0.5)
-    rows_w = w.reshape(1, -1) if w.ndim == 1 else w.reshape(-1, w.shape[-1]).T
-    rows_r = r.reshape(1, -1) if r.ndim == 1 else r.reshape(-1, r.shape[-1]).T
-    size = sgperm_jax.partition_size(lamda, rows_w.shape[1], 4)
-    rows = _stages(rows_w, rows_r, size, alpha, True,
-                   jax.random.fold_in(step_key, i))[3]
-    out.append(rows.reshape(w.shape) if w.ndim == 1
-               else rows.T.reshape(w.shape))
-  want = jax.tree.unflatten(treedef, out)
+  # The same step from the public stages, one leaf at a time (one program).
+  @jax.jit
+  def by_stages(params, grads):
+    _, step_key = jax.random.split(jax.random.PRNGKey(hp["seed"]))
+    alpha = sgperm_jax.aggressiveness(0.4, 0.9, 0.0)(0)
+    lamda = sgperm_jax.partition_ratio(0.3, 1.0, 1.0)(0)
+    leaves, treedef = jax.tree.flatten(params)
+    out = []
+    for i, (w, g) in enumerate(zip(leaves, treedef.flatten_up_to(grads))):
+      r, _ = sgperm_jax.recommend(g, jnp.zeros_like(g), 1.0, 0.5)
+      rows_w = (w.reshape(1, -1) if w.ndim == 1
+                else w.reshape(-1, w.shape[-1]).T)
+      rows_r = (r.reshape(1, -1) if r.ndim == 1
+                else r.reshape(-1, r.shape[-1]).T)
+      size = sgperm_jax.partition_size(lamda, rows_w.shape[1], 4)
+      rows = _stages(rows_w, rows_r, size, alpha, True,
+                     jax.random.fold_in(step_key, i))[3]
+      out.append(rows.reshape(w.shape) if w.ndim == 1
+                 else rows.T.reshape(w.shape))
+    return jax.tree.unflatten(treedef, out)
+
+  want = by_stages(params, grads)
+  leaves = jax.tree.leaves(params)
   jax.tree.map(np.testing.assert_array_equal, got, want)
   assert any(bool(jnp.any(a != b)) for a, b in
              zip(jax.tree.leaves(want), leaves))
 
 
 @jax.jit
-def _part_and_graph(key, w, r, size, alpha):
-  part = sgperm_jax.partition(key, w, r, size)
-  return part, sgperm_jax.permissibility_graph(part, alpha)
+def _together_and_alone(ws, rs, key):
+  """Each batch's stages, then the searches of all batches at once and of
+  each batch alone (one program)."""
+  parts = [sgperm_jax.partition(key, w, r, w.shape[1]) for w, r in zip(ws, rs)]
+  graphs = [sgperm_jax.permissibility_graph(p, 0.5) for p in parts]
+  return (sgperm_jax.find_cycles(parts, graphs, cycle_search=_SEARCH),
+          [sgperm_jax.find_cycles(p, g, cycle_search=_SEARCH)
+           for p, g in zip(parts, graphs)])
 
 
+@pytest.mark.slow
 def test_find_cycles_batches_of_different_lengths(n=7):
   """Several batches searched in one loop equal each searched alone."""
   rng = np.random.default_rng(n)
-  batches = []
+  ws, rs = [], []
   for rows, length in [(3, n), (2, n + 5), (1, 2 * n)]:
-    w = jnp.asarray(rng.normal(size=(rows, length)), jnp.float32)
-    r = jnp.asarray(rng.normal(size=(rows, length)), jnp.float32)
-    batches.append(_part_and_graph(jax.random.key(n), w, r, length, 0.5))
-  find_cycles = jax.jit(sgperm_jax.find_cycles)
-  together = find_cycles([b[0] for b in batches], [b[1] for b in batches])
-  for (part, graph), succ in zip(batches, together):
-    np.testing.assert_array_equal(succ, find_cycles(part, graph))
+    ws.append(jnp.asarray(rng.normal(size=(rows, length)), jnp.float32))
+    rs.append(jnp.asarray(rng.normal(size=(rows, length)), jnp.float32))
+  together, alone = _together_and_alone(ws, rs, jax.random.key(n))
+  assert len(together) == 3
+  for succ, want in zip(together, alone):
+    np.testing.assert_array_equal(succ, want)
     assert np.any(np.asarray(succ) != np.arange(succ.shape[1]))

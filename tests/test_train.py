@@ -1,6 +1,9 @@
 """The ``sgperm-jax train`` command end to end on tiny settings; its errors."""
 
+import contextlib
+import functools
 import gzip
+import io
 import json
 import subprocess
 import sys
@@ -14,16 +17,20 @@ from flax import nnx
 
 import sgperm_jax
 from sgperm_jax import cli
-from sgperm_jax import data
-from sgperm_jax import models
-from sgperm_jax import train
+from sgperm_jax.experiments import data
+from sgperm_jax.experiments import models
+from sgperm_jax.experiments import train
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.fixture
-def count_traces(monkeypatch):
-  """Counts how often each optimizer's train step is traced."""
+@pytest.fixture(scope="module")
+def compare_run(tmp_path_factory):
+  """``sgperm-jax train --compare adam`` for 2 epochs with JSON and plot,
+  run once for the tests that read it: the directory, the exit status, the
+  captured stdout and stderr, and how often each optimizer's train step was
+  traced."""
+  tmp_path = tmp_path_factory.mktemp("compare")
   traces = []
   make = train.train_step_fn
 
@@ -38,17 +45,25 @@ def count_traces(monkeypatch):
 
     return traced
 
-  monkeypatch.setattr(train, "train_step_fn", counting)
-  return traces
+  out, err = io.StringIO(), io.StringIO()
+  with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(
+      out), contextlib.redirect_stderr(err):
+    mp.setattr(train, "train_step_fn", counting)
+    rc = cli.main(["train", *COMPARE, "--json", str(tmp_path / "m.json"),
+                   "--plot", str(tmp_path / "curves.png")])
+  return tmp_path, rc, out.getvalue(), err.getvalue(), traces
 
 
-def test_train_compare_json_plot(tmp_path, capsys, count_traces):
+# The settings of compare_run, which test_resume_continues_exactly resumes.
+COMPARE = ["--epochs", "2", "--batch-size", "64", "--hidden", "64",
+           "--compare", "adam"]
+
+
+@pytest.mark.slow
+def test_train_compare_json_plot(compare_run):
+  tmp_path, rc, out, err, count_traces = compare_run
   out_json, out_png = tmp_path / "m.json", tmp_path / "curves.png"
-  rc = cli.main(["train", "--epochs", "2", "--batch-size", "64", "--hidden",
-                 "64", "--compare", "adam", "--json", str(out_json), "--plot",
-                 str(out_png)])
-  captured = capsys.readouterr()
-  assert rc == 0, captured.err
+  assert rc == 0, err
   assert count_traces == [1, 1]  # one compilation per optimizer, 2 epochs
   doc = json.loads(out_json.read_text())
   steps = 2 * (1438 // 64)
@@ -68,16 +83,16 @@ def test_train_compare_json_plot(tmp_path, capsys, count_traces):
   assert doc["config"]["learning_rate"] == {"adam": 1e-3}
   assert doc["config"]["sync_period"] == 100
   assert out_png.read_bytes()[:8] == PNG_MAGIC
-  assert f"wrote metrics (JSON) to {out_json}" in captured.out
-  assert f"wrote plot to {out_png}" in captured.out
-  assert "compiling the first step" in captured.err
-  table = [l for l in captured.out.splitlines() if l.startswith("| ")]
+  assert f"wrote metrics (JSON) to {out_json}" in out
+  assert f"wrote plot to {out_png}" in out
+  assert "compiling the first step" in err
+  table = [ln for ln in out.splitlines() if ln.startswith("| ")]
   assert table[0].split("|")[1:-1] == [
       " optimizer ", " test accuracy ", " test loss ", " steps ", " seconds ",
       " steps/s "]
   assert [row.split("|")[1].strip() for row in table[1:]] == ["sgperm",
                                                               "adam"]
-  assert "step/s" in captured.err  # the progress bar
+  assert "step/s" in err  # the progress bar
   assert sorted(p.name for p in tmp_path.iterdir()) == ["curves.png",
                                                         "m.json"]
 
@@ -95,13 +110,14 @@ def _digits_idx_dir(tmp_path, count=320):
   return tmp_path
 
 
+@pytest.mark.slow
 def test_conv_on_idx_files_with_other_optimizers(tmp_path, capsys):
   directory = _digits_idx_dir(tmp_path)
   out_json = tmp_path / "m.json"
   has_laperm = hasattr(sgperm_jax, "laperm")
   compare = "laperm" if has_laperm else "sgd"
   rc = train.main(["--dataset", str(directory), "--model", "conv",
-                   "--channels", "4,8", "--optimizer", "sgperm-adam",
+                   "--channels", "4", "--optimizer", "sgperm-adam",
                    "--compare", compare, "--epochs", "1", "--batch-size",
                    "32", "--alpha0", "0.3", "--json", str(out_json),
                    "--no-progress"])
@@ -113,15 +129,6 @@ def test_conv_on_idx_files_with_other_optimizers(tmp_path, capsys):
   assert doc["config"]["alpha0"] == 0.3
   assert doc["config"]["learning_rate"] == {"laperm": 1e-3}
   assert "256 training and 64 test images of 8x8x1" in captured.out
-
-
-def test_laperm_missing_is_a_clear_error(tmp_path, capsys, monkeypatch):
-  monkeypatch.delattr(sgperm_jax, "laperm", raising=False)
-  rc = train.main(["--optimizer", "laperm", "--json",
-                   str(tmp_path / "m.json")])
-  err = capsys.readouterr().err
-  assert rc == 2 and "sgperm_jax.laperm" in err
-  assert not list(tmp_path.iterdir())
 
 
 def _bad_idx(tmp_path):
@@ -171,19 +178,34 @@ def test_bad_options_exit_2(tmp_path, capsys, argv, reason):
   assert reason in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_python_dash_m_help():
-  proc = subprocess.run([sys.executable, "-m", "sgperm_jax.train", "--help"],
+  proc = subprocess.run([sys.executable, "-m",
+                         "sgperm_jax.experiments.train", "--help"],
                         capture_output=True, text=True, check=False,
                         timeout=120)
   assert proc.returncode == 0, proc.stderr
   assert "--compare" in proc.stdout and "--lamda0" in proc.stdout
 
 
+@functools.cache
+def _small_mlp():
+  """A 64-16-10 MLP split into its graph and params (built once: creating
+  the weights compiles)."""
+  return nnx.split(models.make_model("mlp", (8, 8, 1), 10, hidden=(16,)),
+                   nnx.Param)
+
+
+def _images(count, seed=0):
+  """Random 8x8 images in [0, 1] and labels of 10 classes."""
+  rng = np.random.default_rng(seed)
+  return (rng.random((count, 8, 8, 1), np.float32),
+          rng.integers(0, 10, count).astype(np.int32))
+
+
 def test_permutation_optimizers_are_evaluated_on_exact_weights():
-  model = models.make_model("mlp", (8, 8, 1), 10, hidden=(16,))
-  graphdef, params = nnx.split(model, nnx.Param)
-  d = data.load_digits()
-  x, y = jnp.asarray(d.x_train[:64]), jnp.asarray(d.y_train[:64])
+  graphdef, params = _small_mlp()
+  x, y = map(jnp.asarray, _images(64))
   # the state of one permutation step that reversed every kernel column
   exact = jax.tree.map(lambda p: p[::-1], params)
   state = (sgperm_jax.RecommendationState(
@@ -202,15 +224,14 @@ def test_permutation_optimizers_are_evaluated_on_exact_weights():
 
 
 def test_evaluation_masks_the_padding():
-  model = models.make_model("mlp", (8, 8, 1), 10, hidden=(8,))
-  graphdef, params = nnx.split(model, nnx.Param)
-  d = data.load_digits()
+  graphdef, params = _small_mlp()
+  x, y = _images(50)
   evaluate = jax.jit(train.eval_fn(graphdef, permutes=False))
-  chunks = train.eval_chunks(d.x_test[:50], d.y_test[:50], 32)
+  chunks = train.eval_chunks(x, y, 32)
   assert len(chunks) == 2 and int(chunks[1][2].sum()) == 18
   total = sum(np.asarray(evaluate(params, (), *c)) for c in chunks)
-  whole = evaluate(params, (), jnp.asarray(d.x_test[:50]),
-                   jnp.asarray(d.y_test[:50]), jnp.ones(50, bool))
+  whole = evaluate(params, (), jnp.asarray(x), jnp.asarray(y),
+                   jnp.ones(50, bool))
   np.testing.assert_allclose(total, whole, rtol=1e-5)
 
 
@@ -232,18 +253,23 @@ def test_make_optimizer_names():
     train.make_optimizer("rmsprop", args)
 
 
-def test_resume_continues_exactly(tmp_path):
-  common = ["--epochs", "2", "--batch-size", "64", "--hidden", "16",
-            "--no-progress", "--compare", "adam"]
+@pytest.mark.slow
+def test_resume_continues_exactly(tmp_path, compare_run):
+  """Epoch 1 with checkpoints, then --resume to epoch 2: SGPerm's history is
+  that of compare_run's unbroken 2 epochs (Adam's state is saved and restored
+  the same way, tests/test_checkpoint.py)."""
+  common = [*COMPARE[:-2], "--no-progress"]  # SGPerm only
   ck = str(tmp_path / "ck")
-  assert train.main(common + ["--json", str(tmp_path / "full.json")]) == 0
   first = ["--epochs", "1"] + common[2:]
   assert train.main(first + ["--checkpoint-dir", ck]) == 0
+  # one subdirectory per optimizer
+  assert [p.name for p in (tmp_path / "ck").iterdir()] == ["sgperm"]
   assert train.main(first + ["--checkpoint-dir", ck]) == 2  # needs --resume
   assert train.main(common + ["--resume"]) == 2  # needs --checkpoint-dir
   assert train.main(common + ["--checkpoint-dir", ck, "--resume", "--json",
                               str(tmp_path / "resumed.json")]) == 0
-  full, resumed = (json.loads((tmp_path / f).read_text())
-                   for f in ("full.json", "resumed.json"))
-  for name in ("sgperm", "adam"):
-    assert resumed["runs"][name]["history"] == full["runs"][name]["history"]
+  full = json.loads((compare_run[0] / "m.json").read_text())
+  resumed = json.loads((tmp_path / "resumed.json").read_text())
+  assert list(resumed["runs"]) == ["sgperm"]
+  assert (resumed["runs"]["sgperm"]["history"]
+          == full["runs"]["sgperm"]["history"])

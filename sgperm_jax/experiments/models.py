@@ -8,6 +8,7 @@ with. Biases start at zero and therefore never move under permutation.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 
@@ -26,7 +27,7 @@ class MLP(nnx.Module):
                num_classes: int, *, rngs: nnx.Rngs):
     sizes = [in_features, *hidden, num_classes]
     self.layers = nnx.List([nnx.Linear(a, b, rngs=rngs)
-                            for a, b in zip(sizes[:-1], sizes[1:])])
+                            for a, b in itertools.pairwise(sizes)])
 
   def features(self, x: jax.Array) -> list[jax.Array]:
     """The output of each hidden layer, after its ReLU."""
@@ -54,11 +55,13 @@ class ConvNet(nnx.Module):
                num_classes: int, *, batch_norm: bool = False,
                rngs: nnx.Rngs):
     height, width, depth = image_shape
-    convs, norms = [], []
+    convs: list[nnx.Conv] = []
+    norms: list[nnx.BatchNorm] = []
     for out in channels:
       convs.append(nnx.Conv(depth, out, (3, 3), use_bias=not batch_norm,
                             rngs=rngs))
-      norms.append(nnx.BatchNorm(out, rngs=rngs) if batch_norm else None)
+      if batch_norm:
+        norms.append(nnx.BatchNorm(out, rngs=rngs))
       depth, height, width = out, height // 2, width // 2
     if height < 1 or width < 1:
       raise ValueError(f"ConvNet: {len(channels)} pooling layers shrink"
@@ -105,7 +108,7 @@ def make_model(name: str, image_shape: Sequence[int], num_classes: int, *,
 
   Example:
     >>> import jax.numpy as jnp
-    >>> from sgperm_jax import models
+    >>> from sgperm_jax.experiments import models
     >>> model = models.make_model("conv", (8, 8, 1), 10)
     >>> model(jnp.zeros((2, 8, 8, 1))).shape
     (2, 10)

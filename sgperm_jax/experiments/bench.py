@@ -11,6 +11,7 @@ weights (a comparator sort, slower).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import statistics
 import sys
@@ -20,20 +21,20 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from jax import lax
 
 from sgperm_jax import _layout
+from sgperm_jax import cli
 from sgperm_jax import _native
-from sgperm_jax._cycles import SEARCH_METHODS, auto_method
+from sgperm_jax._cycles import CYCLE_SEARCHES, auto_cycle_search
 from sgperm_jax._laperm import laperm
 from sgperm_jax._transform import sgperm
 
 
 def _dense(key, sizes):
   params = {}
-  for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+  for i, (a, b) in enumerate(itertools.pairwise(sizes)):
     key, k = jax.random.split(key)
     params[f"dense{i}"] = {
         "kernel": jax.random.normal(k, (a, b)) * jnp.sqrt(2.0 / (a + b)),
@@ -45,7 +46,7 @@ def _conv4(key):
   """Conv4-style net for 28x28 inputs: 4 conv layers, 2 dense (~1.1M)."""
   params = {}
   channels = [1, 64, 64, 128, 128]
-  for i, (a, b) in enumerate(zip(channels[:-1], channels[1:])):
+  for i, (a, b) in enumerate(itertools.pairwise(channels)):
     key, k = jax.random.split(key)
     params[f"conv{i}"] = {
         "kernel": jax.random.normal(k, (3, 3, a, b)) * jnp.sqrt(2.0 / (9 * a)),
@@ -150,7 +151,9 @@ def _stepper(tx, params, grads):
 
 def _search_used(method: str) -> str:
   """The cycle search that ``method`` runs on the default backend."""
-  return auto_method(jax.default_backend()) if method == "auto" else method
+  if method == "auto":
+    return auto_cycle_search(jax.default_backend())
+  return method
 
 
 def _rows(params):
@@ -251,7 +254,8 @@ def format_tables(results: list[dict[str, Any]],
                   lapermed: list[dict[str, Any]] | None = None) -> str:
   """Markdown tables of :func:`bench_model`, :func:`bench_laperm` and
   :func:`bench_scaling` rows."""
-  lines = [f"platform: {jax.default_backend()} ({jax.devices()[0].device_kind})",
+  lines = [f"platform: {jax.default_backend()}"
+           f" ({jax.devices()[0].device_kind})",
            "",
            "| model | leaves | params | ratio | search | compile s |"
            " SGPerm ms | Adam ms | int32 sort floor ms |"
@@ -288,12 +292,13 @@ def format_tables(results: list[dict[str, Any]],
   return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+  """The options of ``sgperm-jax bench``."""
   parser = argparse.ArgumentParser(
       prog="sgperm-jax bench",
       description="Time SGPerm and LaPerm steps, and their compilation,"
       " beside Adam and the sort floors.",
-      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+      formatter_class=cli.HelpFormatter)
   parser.add_argument("--models", default="mlp,conv,wide,resnet18,gpt",
                       help="comma-separated: " + ", ".join(MODELS))
   parser.add_argument("--ratios", default="0.1,1.0",
@@ -303,12 +308,20 @@ def main(argv: list[str] | None = None) -> int:
                       " empty: none)")
   parser.add_argument("--cycle-search", default="auto",
                       help="cycle searches to time, comma-separated: "
-                      + ", ".join(SEARCH_METHODS) + " (auto: by platform)")
-  parser.add_argument("--repeats", type=int, default=5)
+                      + ", ".join(CYCLE_SEARCHES) + " (auto: by platform)")
+  parser.add_argument("--repeats", type=int, default=5,
+                      help="timed calls per measurement (the median counts)")
   parser.add_argument("--scaling-total", type=int, default=1_000_000,
                       help="parameters in the scaling table (0: skip it)")
-  parser.add_argument("--scaling-lengths", default="100,1000,10000,100000")
+  parser.add_argument("--scaling-lengths", default="100,1000,10000,100000",
+                      help="row lengths of the scaling table")
   parser.add_argument("--json", metavar="FILE", help="write the numbers here")
+  return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+  """Runs ``sgperm-jax bench``; returns the exit status."""
+  parser = build_parser()
   args = parser.parse_args(argv)
   try:
     models = [m for m in args.models.split(",") if m]
@@ -318,9 +331,9 @@ def main(argv: list[str] | None = None) -> int:
   except ValueError as e:
     parser.error(str(e))
   methods = tuple(m for m in args.cycle_search.split(",") if m)
-  unknown = [m for m in methods if m not in SEARCH_METHODS]
+  unknown = [m for m in methods if m not in CYCLE_SEARCHES]
   if unknown or not methods:
-    parser.error(f"--cycle-search: expected some of {SEARCH_METHODS},"
+    parser.error(f"--cycle-search: expected some of {CYCLE_SEARCHES},"
                  f" got {args.cycle_search!r}")
   if "native" in methods and not _native.available():
     parser.error("--cycle-search native: the native kernel is unavailable"

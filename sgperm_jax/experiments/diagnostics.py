@@ -1,4 +1,4 @@
-"""What one synchronisation (LaPerm) or permutation step (SGPerm) does, per layer.
+"""What one synchronisation (LaPerm) or permutation step (SGPerm) does.
 
 :func:`events` trains a task of the quality suite step by step and, at every
 LaPerm synchronisation (or every ``every``-th SGPerm step), compares the
@@ -29,7 +29,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from sgperm_jax import quality
+from sgperm_jax.experiments import quality
 
 PROBE = 512  # images in the probe batch
 
@@ -61,7 +61,7 @@ def events(task: quality.Task, arrays: quality.Arrays,
   """Per-layer measurements around the syncs (or steps) of one run.
 
   Args:
-    task: a task of :func:`sgperm_jax.quality.tasks`.
+    task: a task of :func:`sgperm_jax.experiments.quality.tasks`.
     arrays: its data.
     make_tx: builds the optimizer (LaPerm, SGPerm, ...).
     seed: seed of the initial weights and the batches.
@@ -75,11 +75,7 @@ def events(task: quality.Task, arrays: quality.Arrays,
     ``leaves`` (name -> :func:`_leaf_stats`), ``layers`` (per hidden layer:
     ``rms_before``, ``rms_after``, ``dead_before``, ``dead_after``).
   """
-  model = task.model(seed)
-  model.train()
-  graph_train, params, rest = nnx.split(model, nnx.Param, ...)
-  model.eval()
-  graph_eval = nnx.split(model, nnx.Param, ...)[0]
+  graph_train, graph_eval, params, rest = quality.split_model(task, seed)
   tx = quality.with_frozen(make_tx(), params, task.frozen)
   state = tx.init(params)
   x, y = jnp.asarray(arrays.x_train), jnp.asarray(arrays.y_train)

@@ -7,8 +7,8 @@ progress bar with the live loss and accuracy, and ends with a summary table.
 on the same batches. Permutation optimizers are evaluated on their exact
 weights (:func:`sgperm_jax.exact_params`).
 
-Run ``sgperm-jax train -h`` (or ``python -m sgperm_jax.train -h``) for the
-options. Exit status: 0 on success, 2 for a bad option or a missing or
+Run ``sgperm-jax train -h`` (or ``python -m sgperm_jax.experiments.train -h``)
+for the options. Exit status: 0 on success, 2 for a bad option or a missing or
 malformed data file (one line on stderr naming it; nothing is written).
 """
 
@@ -34,9 +34,10 @@ import optax
 from flax import nnx
 
 import sgperm_jax
+from sgperm_jax import cli
 from sgperm_jax import checkpoint
-from sgperm_jax import data as data_lib
-from sgperm_jax import models
+from sgperm_jax.experiments import data as data_lib
+from sgperm_jax.experiments import models
 
 OPTIMIZERS = ("sgperm", "adam", "sgd", "laperm", "sgperm-adam")
 PERMUTATION_OPTIMIZERS = ("sgperm", "laperm", "sgperm-adam")
@@ -76,15 +77,6 @@ class RunResult:
 
 
 # ----------------------------------------------------------------- optimizers
-
-
-def _laperm() -> Callable[..., optax.GradientTransformation]:
-  laperm = getattr(sgperm_jax, "laperm", None)
-  if laperm is None:
-    raise UsageError("--optimizer laperm needs sgperm_jax.laperm, which this"
-                     f" installation of sgperm_jax ({sgperm_jax.__file__})"
-                     " does not have")
-  return laperm
 
 
 def sgperm_kwargs(args: argparse.Namespace) -> dict[str, Any]:
@@ -128,7 +120,7 @@ def make_optimizer(name: str, args: argparse.Namespace
     if name == "laperm":
       extra = {} if args.sync_period is None else {
           "sync_period": args.sync_period}
-      return _laperm()(optax.adam(lr), **extra)
+      return sgperm_jax.laperm(optax.adam(lr), **extra)
   except (TypeError, ValueError) as e:
     if isinstance(e, UsageError):
       raise
@@ -219,7 +211,7 @@ def batch_order(seed: int, epoch: int, count: int, batch_size: int
 
 
 def _progress(total: int, name: str, enabled: bool):
-  from tqdm.auto import tqdm  # pylint: disable=import-outside-toplevel
+  from tqdm.auto import tqdm  # noqa: PLC0415 (lazy import)
   return tqdm(total=total, desc=f"{name:>11}", unit="step", leave=True,
               disable=not enabled, dynamic_ncols=True)
 
@@ -298,10 +290,12 @@ def train_run(name: str, tx: optax.GradientTransformation,
   test = eval_chunks(dataset.x_test, dataset.y_test,
                      min(EVAL_CHUNK, len(dataset.y_test)))
   opt_state = tx.init(params)
-  history = {k: [] for k in ("train_loss", "train_accuracy", "test_loss",
-                             "test_accuracy")}
+  history: dict[str, list[float]] = {
+      k: [] for k in ("train_loss", "train_accuracy", "test_loss",
+                      "test_accuracy")}
   first_epoch = 0
-  if resume and checkpoint.latest_step(checkpoint_dir) is not None:
+  if (resume and checkpoint_dir is not None
+      and checkpoint.latest_step(checkpoint_dir) is not None):
     try:
       saved = checkpoint.restore_checkpoint(checkpoint_dir, params, opt_state)
     except ValueError as e:
@@ -315,7 +309,8 @@ def train_run(name: str, tx: optax.GradientTransformation,
       batches = batch_order(seed, epoch, len(labels), batch_size)
       params, opt_state, (loss, acc) = _train_epoch(
           step, params, opt_state, images, labels, batches, bar, clock)
-      sums = sum(np.asarray(evaluate(params, opt_state, *c)) for c in test)
+      sums = np.sum([np.asarray(evaluate(params, opt_state, *c))
+                     for c in test], axis=0)
       test_loss, test_acc = sums / len(dataset.y_test)
       for key, value in (("train_loss", loss), ("train_accuracy", acc),
                          ("test_loss", test_loss), ("test_accuracy", test_acc)):
@@ -349,7 +344,7 @@ def summary_table(results: Sequence[RunResult]) -> str:
   return "\n".join(lines)
 
 
-def _staged(path: pathlib.Path, write: Callable[[str], None]) -> str:
+def _staged(path: pathlib.Path, write: Callable[[str], object]) -> str:
   """Writes to a temporary file beside ``path``; returns its name."""
   fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix,
                              dir=path.parent)
@@ -383,7 +378,7 @@ def write_outputs(results: Sequence[RunResult], config: dict[str, Any],
   staged = []
   try:
     if plot_path is not None:
-      from sgperm_jax import plotting  # pylint: disable=import-outside-toplevel
+      from sgperm_jax import plotting  # noqa: PLC0415 (lazy import)
       fig = plotting.plot_history({r.optimizer: r.history for r in results},
                                   title=title)
       staged.append((_staged(plot_path, lambda t: fig.savefig(t, dpi=120)),
@@ -444,8 +439,9 @@ def _optimizer_list(text: str) -> tuple[str, ...]:
   return name_list(text, OPTIMIZERS, "optimizer(s)")
 
 
-def _sgperm_default(name: str) -> Any:
-  return inspect.signature(sgperm_jax.sgperm).parameters[name].default
+def _default_of(fn: Callable[..., Any], name: str) -> Any:
+  """The default value of ``fn``'s argument ``name``."""
+  return inspect.signature(fn).parameters[name].default
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -453,7 +449,8 @@ def build_parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(
       prog="sgperm-jax train",
       description="Train a Flax NNX model by permuting its weights (SGPerm),"
-      " optionally against other optimizers from the same initial weights.")
+      " optionally against other optimizers from the same initial weights.",
+      formatter_class=cli.HelpFormatter)
   p.add_argument("--dataset", default="digits",
                  help="'digits' (default: scikit-learn's bundled 8x8 digits),"
                  " an MNIST-style IDX images file or directory (.gz or not),"
@@ -485,7 +482,8 @@ def build_parser() -> argparse.ArgumentParser:
                  " for adam and laperm, 0.1 for sgd)")
   p.add_argument("--sync-period", type=_positive_int, default=None,
                  help="laperm: steps between synchronisations (default:"
-                 " sgperm_jax.laperm's)")
+                 f" {_default_of(sgperm_jax.laperm, 'sync_period')}, as"
+                 " sgperm_jax.laperm)")
   sg = p.add_argument_group(
       "SGPerm hyperparameters", "for sgperm and sgperm-adam (which ignores"
       " --momentum-lr and --momentum); defaults: sgperm_jax.sgperm's")
@@ -495,7 +493,7 @@ def build_parser() -> argparse.ArgumentParser:
                      ("momentum", float), ("partition_size_min", int)):
     sg.add_argument("--" + name.replace("_", "-"), dest=name, type=kind,
                     default=None, metavar=kind.__name__.upper(),
-                    help=f"default: {_sgperm_default(name)}")
+                    help=f"default: {_default_of(sgperm_jax.sgperm, name)}")
   p.add_argument("--plot", type=pathlib.Path, default=None, metavar="FILE.png",
                  help="save loss and accuracy curves (needs matplotlib)")
   p.add_argument("--json", type=pathlib.Path, default=None, metavar="FILE",
@@ -523,7 +521,7 @@ def _check_outputs(args: argparse.Namespace) -> None:
       raise UsageError(f"{flag} {path}: directory {path.parent} does not"
                        " exist")
   if args.plot is not None:
-    from sgperm_jax import plotting  # pylint: disable=import-outside-toplevel
+    from sgperm_jax import plotting  # noqa: PLC0415 (lazy import)
     try:
       plotting.require_matplotlib()
     except ImportError as e:
@@ -615,13 +613,12 @@ def used_config(args: argparse.Namespace, names: Sequence[str]
             for k, v in vars(args).items()}
   for name in SGPERM_OPTIONS:
     if config[name] is None:
-      config[name] = _sgperm_default(name)
+      config[name] = _default_of(sgperm_jax.sgperm, name)
   config["learning_rate"] = {
       n: LEARNING_RATES[n] if args.learning_rate is None else args.learning_rate
       for n in names if n in LEARNING_RATES}
   if config["sync_period"] is None:
-    config["sync_period"] = inspect.signature(
-        sgperm_jax.laperm).parameters["sync_period"].default
+    config["sync_period"] = _default_of(sgperm_jax.laperm, "sync_period")
   config["hidden"], config["channels"] = list(args.hidden), list(args.channels)
   config["compare"] = list(args.compare)
   return config

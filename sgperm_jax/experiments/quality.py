@@ -1,4 +1,4 @@
-"""The ``sgperm-jax quality`` command: how well each optimizer learns, task by task.
+"""``sgperm-jax quality``: how well each optimizer learns, task by task.
 
 Every task (an MLP and convnets on the digits, a 1-D convnet on generated
 signals, a permuted-output ReLU regression) is trained with Adam, SGPerm,
@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import math
 import pathlib
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -33,10 +34,11 @@ from flax import nnx
 from jax import lax
 
 import sgperm_jax
+from sgperm_jax import cli
 from sgperm_jax import _layout
-from sgperm_jax import data as data_lib
-from sgperm_jax import models
-from sgperm_jax.train import name_list
+from sgperm_jax.experiments import data as data_lib
+from sgperm_jax.experiments import models
+from sgperm_jax.experiments.train import name_list
 
 OPTIMIZERS = ("adam", "sgperm", "laperm", "sgperm-adam")
 # For comparison: the papers' rules, without this library's centring, and
@@ -176,6 +178,10 @@ class PermutedRegression(nnx.Module):
     return self.out(self.features(x)[0])
 
 
+def _regression_model(width: int, seed: int) -> PermutedRegression:
+  return PermutedRegression(width, rngs=nnx.Rngs(seed))
+
+
 # ----------------------------------------------------------------- the tasks
 
 
@@ -185,7 +191,7 @@ class Task:
   name: str
   description: str
   load: Callable[[], Arrays]
-  model: Callable[[int], nnx.Module]  # seed -> model
+  model: Callable[[int], Any]  # seed -> an nnx.Module
   epochs: dict[str, int]  # per preset
   batch_size: int = 32
   regression: bool = False  # scored by test MSE, not accuracy
@@ -221,7 +227,7 @@ def tasks(csv: str | None = None, widths: Sequence[int] = (16, 64)
         f"regression-w{width}",
         f"1 -> {2 * width} -> 1 ReLU, output permuted, -sin(2 pi x)",
         _regression,
-        lambda s, w=width: PermutedRegression(w, rngs=nnx.Rngs(s)),
+        functools.partial(_regression_model, width),
         {"quick": 100, "full": 300}, batch_size=32, regression=True,
         frozen=_frozen_hidden))
   if csv is not None:
@@ -379,15 +385,30 @@ def loss_function(task: Task) -> Callable[..., tuple[jax.Array, Any]]:
   return loss_fn
 
 
+class SplitModel(NamedTuple):
+  """A task's model for one seed, split for a functional training loop."""
+  graph_train: Any  # the graph in training mode (batch statistics)
+  graph_eval: Any  # the graph in evaluation mode (running statistics)
+  params: Any  # the nnx.Param state
+  rest: Any  # the other state (BatchNorm's running statistics)
+
+
+def split_model(task: Task, seed: int) -> SplitModel:
+  """The task's model built from ``seed``, split into graphs and states."""
+  model = task.model(seed)
+  model.train()
+  graph_train, params, rest = nnx.split(  # type: ignore[misc]
+      model, nnx.Param, ...)
+  model.eval()
+  graph_eval = nnx.split(model, nnx.Param, ...)[0]
+  return SplitModel(graph_train, graph_eval, params, rest)
+
+
 def train_one(task: Task, arrays: Arrays, optimizer: str, seed: int,
               epochs: int, overrides: Overrides = Overrides()) -> Run:
   """Trains ``optimizer`` on ``task`` from the seed's initial weights."""
   start = time.perf_counter()
-  model = task.model(seed)
-  model.train()
-  graph_train, params, rest = nnx.split(model, nnx.Param, ...)
-  model.eval()
-  graph_eval = nnx.split(model, nnx.Param, ...)[0]
+  graph_train, graph_eval, params, rest = split_model(task, seed)
   tx = with_frozen(make_optimizer(optimizer, seed, overrides), params,
                    task.frozen)
   opt_state = tx.init(params)
@@ -489,7 +510,7 @@ def markdown(rows: Sequence[dict[str, Any]], task_list: Sequence[Task]
 
 def plot(rows: Sequence[dict[str, Any]], path: pathlib.Path) -> None:
   """Bars of each task's score per optimizer (error bars: std over seeds)."""
-  from sgperm_jax import plotting  # pylint: disable=import-outside-toplevel
+  from sgperm_jax import plotting  # noqa: PLC0415 (lazy import)
   names = list(dict.fromkeys(r["task"] for r in rows))
   fig = plotting.figure((3.2 * len(names), 3.4))
   for i, name in enumerate(names):
@@ -526,12 +547,12 @@ def build_parser() -> argparse.ArgumentParser:
       prog="sgperm-jax quality",
       description="Train every task with every optimizer and several seeds;"
                   " print a table of test scores.",
-      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+      formatter_class=cli.HelpFormatter)
   p.add_argument("--preset", choices=("quick", "full"), default="quick",
                  help="epochs per task: quick (minutes) or full")
   p.add_argument("--seeds", type=int, default=3, help="seeds per task")
   p.add_argument("--tasks", default=None,
-                 help="comma-separated task names (default: all)")
+                 help="comma-separated task names (default: all of them)")
   p.add_argument("--optimizers", default=",".join(OPTIMIZERS),
                  help="comma-separated optimizers, of "
                       + ", ".join(OPTIMIZERS + PAPER_OPTIMIZERS))
@@ -562,7 +583,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _diagnose(parser: argparse.ArgumentParser, args: argparse.Namespace,
               known: dict[str, Task]) -> int:
-  from sgperm_jax import diagnostics  # pylint: disable=import-outside-toplevel
+  from sgperm_jax.experiments import diagnostics  # noqa: PLC0415 (lazy import)
   task_name, _, opt = args.diagnose.partition(":")
   if task_name not in known or opt not in OPTIMIZERS + PAPER_OPTIMIZERS:
     parser.error(f"--diagnose: expected TASK:OPTIMIZER with a task of"

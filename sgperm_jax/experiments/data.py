@@ -79,7 +79,7 @@ def split(name: str, images: np.ndarray, labels: np.ndarray,
 
   Example:
     >>> import numpy as np
-    >>> from sgperm_jax import data
+    >>> from sgperm_jax.experiments import data
     >>> d = data.split("toy", np.zeros((10, 2, 2, 1), np.float32),
     ...                np.arange(10))
     >>> d.x_train.shape, d.x_test.shape, d.num_classes
@@ -90,7 +90,7 @@ def split(name: str, images: np.ndarray, labels: np.ndarray,
     raise DataError(f"{name}: {count} image(s), at least 2 are needed to hold"
                     " some out for testing")
   order = np.random.default_rng(SPLIT_SEED).permutation(count)
-  n_test = min(count - 1, max(1, int(round(test_fraction * count))))
+  n_test = min(count - 1, max(1, round(test_fraction * count)))
   test, train = order[:n_test], order[n_test:]
   return Dataset(name, images[train], labels[train].astype(np.int32),
                  images[test], labels[test].astype(np.int32))
@@ -100,12 +100,12 @@ def load_digits() -> Dataset:
   """scikit-learn's bundled 8x8 digits: 1438 training and 359 test images.
 
   Example:
-    >>> from sgperm_jax import data
+    >>> from sgperm_jax.experiments import data
     >>> d = data.load_digits()
     >>> d.x_train.shape, d.x_test.shape, d.num_classes
     ((1438, 8, 8, 1), (359, 8, 8, 1), 10)
   """
-  from sklearn import datasets  # pylint: disable=import-outside-toplevel
+  from sklearn import datasets  # noqa: PLC0415 (lazy import)
   digits = datasets.load_digits()
   images = (digits.images / 16.0).astype(np.float32)[..., None]
   return split("digits", images, digits.target)
@@ -249,8 +249,8 @@ def _is_number(text: str) -> bool:
 
 def _csv_table(path: pathlib.Path, text: str) -> np.ndarray:
   """Parses the lines of a CSV into a float64 table, checking column counts."""
-  lines = [(i, l.strip()) for i, l in enumerate(text.splitlines(), 1)]
-  lines = [(i, l) for i, l in lines if l]
+  lines = [(i, line.strip()) for i, line in enumerate(text.splitlines(), 1)]
+  lines = [(i, line) for i, line in lines if line]
   if lines and not _is_number(lines[0][1].split(",")[0]):
     lines = lines[1:]  # a header
   if not lines:
@@ -261,7 +261,8 @@ def _csv_table(path: pathlib.Path, text: str) -> np.ndarray:
       raise DataError(f"{path}: line {number} has {line.count(',') + 1}"
                       f" columns, expected {columns} like line {first}")
   try:
-    values = np.asarray(",".join(l for _, l in lines).split(","), np.float64)
+    values = np.asarray(",".join(line for _, line in lines).split(","),
+                        np.float64)
   except ValueError:
     for number, line in lines:
       for field in line.split(","):
