@@ -2,7 +2,7 @@
 
 Run from the repository root:
 
-  python tests/laperm_sweep.py HIDDEN EPOCHS K1,K2,... [--sync-vectors]
+  python -m tests.laperm_sweep HIDDEN EPOCHS K1,K2,... [--sync-vectors]
 
 Uses the setup of tests/test_laperm.py (``digits_accuracy``): a 64-HIDDEN-10
 ReLU MLP (LeCun-normal kernels, zero biases), batch 64, 75/25 stratified split
@@ -20,8 +20,7 @@ import sgperm_jax
 
 
 def main():
-  sys.path.insert(0, "tests")
-  import test_laperm as setup  # noqa: PLC0415 (lazy import)
+  from tests import test_laperm as setup  # noqa: PLC0415 (lazy import)
   setup._HIDDEN, setup._EPOCHS = int(sys.argv[1]), int(sys.argv[2])
   ks = [int(k) for k in sys.argv[3].split(",")]
   sync_vectors = "--sync-vectors" in sys.argv
