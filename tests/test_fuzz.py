@@ -332,7 +332,7 @@ shapes = st.lists(st.sampled_from([2, 1, 3, 0, 4, 5]), max_size=5).filter(
 
 
 @pytest.mark.slow
-@hypothesis.settings(max_examples=6, **SETTINGS)  # a compilation each
+@hypothesis.settings(max_examples=4, **SETTINGS)  # a compilation each
 @hypothesis.given(
     leaf_shapes=st.lists(shapes, min_size=1, max_size=3),
     leaf_layouts=st.lists(st.sampled_from(LAYOUTS), min_size=3, max_size=3),
