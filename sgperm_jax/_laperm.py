@@ -82,6 +82,18 @@ def _synchronize(bank_leaf: jax.Array, leaf: jax.Array) -> jax.Array:
   return _layout.from_rows(out, spec, jnp.shape(leaf)).astype(leaf.dtype)
 
 
+@jax.jit  # one sort per leaf: compiled once, not dispatched op by op
+def _synced_view(bank: Any, params: Any, started: jax.Array) -> Any:
+  """Each synced leaf of ``params`` synchronised to its bank, if ``started``."""
+
+  def view(bank_leaf, p):
+    if _is_masked(bank_leaf) or _is_masked(p):
+      return p
+    return jnp.where(started, _synchronize(bank_leaf, p), p)
+
+  return jax.tree.map(view, bank, params, is_leaf=_is_masked)
+
+
 class LaPermState(NamedTuple):
   """State of :func:`laperm`.
 
@@ -115,14 +127,7 @@ class LaPermState(NamedTuple):
       initial values.
     """
     _checks.params_like_state(self.bank, params, same_shape=False)
-    started = self.count > 0
-
-    def view(bank_leaf, p):
-      if _is_masked(bank_leaf) or _is_masked(p):
-        return p
-      return jnp.where(started, _synchronize(bank_leaf, p), p)
-
-    return jax.tree.map(view, self.bank, params, is_leaf=_is_masked)
+    return _synced_view(self.bank, params, self.count > 0)
 
 
 def laperm(

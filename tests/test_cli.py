@@ -58,6 +58,7 @@ def test_help_formatter_says_none_for_no_default():
   assert "steps (default: 5)" in text
 
 
+@pytest.mark.slow  # a fresh interpreter that compiles a step
 def test_core_runs_a_step_without_the_train_extra():
   proc = _run_python("""
       import jax.numpy as jnp, optax, sgperm_jax
