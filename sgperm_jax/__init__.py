@@ -23,6 +23,9 @@ from sgperm_jax._recommendation import momentum_recommendation
 from sgperm_jax._recommendation import recommend
 from sgperm_jax._schedules import aggressiveness
 from sgperm_jax._schedules import partition_ratio
+from sgperm_jax._stats import PermutationStats
+from sgperm_jax._stats import SyncStats
+from sgperm_jax._stats import permutation_stats
 from sgperm_jax._switch import SwitchState
 from sgperm_jax._step import permutation_step
 from sgperm_jax._switch import switch_after
@@ -37,8 +40,10 @@ __all__ = (
     "Partition",
     "PermissibilityGraph",
     "PermutationState",
+    "PermutationStats",
     "RecommendationState",
     "SwitchState",
+    "SyncStats",
     "aggressiveness",
     "auto_cycle_search",
     "exact_params",
@@ -49,6 +54,7 @@ __all__ = (
     "partition_ratio",
     "partition_size",
     "permissibility_graph",
+    "permutation_stats",
     "permutation_step",
     "permute",
     "permute_by_recommendation",

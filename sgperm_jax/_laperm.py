@@ -18,10 +18,13 @@ import chex
 import jax
 import jax.numpy as jnp
 import optax
+from jax import lax
 
 from sgperm_jax import _checks
 from sgperm_jax import _layout
+from sgperm_jax import _stats
 from sgperm_jax._laperm_sync import laperm_sync, rank_key
+from sgperm_jax._stats import SyncStats
 
 
 def _is_masked(x: Any) -> bool:
@@ -109,6 +112,16 @@ class LaPermState(NamedTuple):
   steps_since_sync: jax.typing.ArrayLike  # shape=(), dtype=jnp.int32
   inner_state: Any  # state of the inner optimizer, kept across syncs
   bank: Any  # tree like params: sorted initial rows; MaskedNode if not synced
+  # the last synchronisation's statistics (one entry per leaf), or None if
+  # not tracked
+  stats: SyncStats | None = None
+  # with stats: each synced slot's rank at the last synchronisation (the
+  # synced leaves' rows back to back), else None
+  sync_ranks: jax.Array | None = None
+
+  def tracked_stats(self) -> list[tuple[SyncStats, Any]]:
+    """``[(stats, bank)]`` if statistics are tracked, else ``[]``."""
+    return [] if self.stats is None else [(self.stats, self.bank)]
 
   def exact_params(self, params: Any) -> Any:
     """The synchronised view ``sorted(initial)[rank(params)]`` of ``params``.
@@ -137,6 +150,7 @@ def laperm(
     layout: _layout.LayoutSpec = "neurons",
     skip_vectors: bool = True,
     center_updates: bool = True,
+    track_stats: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Lookahead Permutation: an inner optimizer, synchronised every k steps.
 
@@ -198,6 +212,12 @@ def laperm(
       away; centered, the free rows keep their initial sums and the
       synchronisation costs far less (quality suite, quick preset: 1-D
       convnet 47% -> 70%, digits convnet 66% -> 81%; see the README).
+    track_stats: record, at every synchronisation, what it did to each synced
+      leaf (the share of slots that moved since the previous one, rank
+      displacements, cycles) and how far the free weights were from the
+      synchronised view; read them with :func:`permutation_stats`. Off by
+      default: the state then holds ``None`` and nothing is computed. On, the
+      state also keeps each synced slot's rank (an int32 per weight).
 
   Returns:
     An optax ``GradientTransformationExtraArgs``; its state is a
@@ -240,6 +260,7 @@ def laperm(
   _layout.check_layout(layout)
   _checks.boolean("skip_vectors", skip_vectors)
   _checks.boolean("center_updates", center_updates)
+  _checks.boolean("track_stats", track_stats)
 
   def resolve(params):
     specs = _layout.resolve_layout(layout, params)
@@ -257,11 +278,16 @@ def laperm(
       if _layout.row_shape(tuple(jnp.shape(leaf)), spec) is not None:
         _layout.check_float_leaf(leaf, path)
     bank = jax.tree.map(_empty_bank, params, specs)
+    stats, ranks = None, None
+    if track_stats:
+      synced = jax.tree.leaves(bank)
+      stats = _stats.empty_sync_stats(len(synced))
+      ranks = jnp.zeros((sum(int(jnp.size(b)) for b in synced),), jnp.int32)
     return LaPermState(
         count=jnp.zeros([], jnp.int32),
         steps_since_sync=jnp.zeros([], jnp.int32),
         inner_state=inner.init(params),
-        bank=bank)
+        bank=bank, stats=stats, sync_ranks=ranks)
 
   def update_fn(updates: optax.Updates, state: LaPermState,
                 params: optax.Params | None = None,
@@ -284,6 +310,7 @@ def laperm(
     if center_updates:
       for i in synced:
         moves[i] = _layout.center_rows(moves[i], layouts[i])
+    inner_moves = list(moves)  # the free weights are params + these
     if synced:
       new_banks, new_moves = laperm_sync(
           [jnp.asarray(leaves[i]) for i in synced],
@@ -294,10 +321,43 @@ def laperm(
         moves[i] = new_moves[k]
     bank = jax.tree.unflatten(treedef, banks)
     new_updates = jax.tree.unflatten(treedef, moves)
+    count = optax.safe_increment(state.count)
+    stats, ranks = state.stats, state.sync_ranks
+    if track_stats and synced:
+      index = _stats.row_index([tuple(jnp.shape(leaves[i])) for i in synced],
+                               [layouts[i] for i in synced])
+      free = [(jnp.asarray(leaves[i]) + inner_moves[i]).astype(
+          jnp.result_type(leaves[i])) for i in synced]
+      stats, ranks = _track_sync(
+          index, [leaves[i] for i in synced], free,
+          [banks[i] for i in synced], state, count, do_sync, period)
     return new_updates, LaPermState(
-        count=optax.safe_increment(state.count),
+        count=count,
         steps_since_sync=jnp.where(do_sync, 0, since).astype(jnp.int32),
         inner_state=inner_state,
-        bank=bank)
+        bank=bank, stats=stats, sync_ranks=ranks)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _track_sync(index: _stats.RowIndex, params: list[Any], free: list[Any],
+                banks: list[Any], state: LaPermState, count: jax.Array,
+                do_sync: jax.Array, period: Any
+                ) -> tuple[SyncStats, jax.Array]:
+  """The stats and ranks after this step (changed only by a sync).
+
+  At the first step the ranks are those of the initial params, so that the
+  first sync is compared with the initial weights.
+  """
+  ranks = lax.cond(state.count == 0,
+                   lambda: _stats.stable_ranks(params, index),
+                   lambda: state.sync_ranks)
+
+  def sync():
+    after = _stats.stable_ranks(free, index)
+    flat_bank = _stats.flat_rows(banks, index)
+    synced = len(banks)
+    return _stats.sync_stats(count, index, flat_bank, ranks, after, free,
+                             list(range(synced)), synced, period), after
+
+  return lax.cond(do_sync, sync, lambda: (state.stats, ranks))

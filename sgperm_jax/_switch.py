@@ -25,6 +25,7 @@ import optax
 from jax import lax
 
 from sgperm_jax._exact import apply_exact_states
+from sgperm_jax._stats import tracking_states
 
 
 def _is_masked(x: Any) -> bool:
@@ -52,6 +53,12 @@ class SwitchState(NamedTuple):
   switched: jax.typing.ArrayLike  # shape=(), dtype=bool
   first_state: Any  # state of the first transformation
   second_state: Any  # state of the second transformation
+
+  def tracked_stats(self) -> list[tuple[Any, Any]]:
+    """The tracked statistics of whichever transformation made the last
+    step (read on the host, see :func:`permutation_stats`)."""
+    active = self.second_state if bool(self.switched) else self.first_state
+    return tracking_states(active)
 
   def exact_params(self, params: Any) -> Any:
     """The exact weights of whichever transformation made the last step.

@@ -19,7 +19,9 @@ from sgperm_jax import _layout
 from sgperm_jax._cycles import check_cycle_search
 from sgperm_jax._recommendation import momentum_recommendation
 from sgperm_jax._schedules import aggressiveness, partition_ratio
-from sgperm_jax._partition import typed_key
+from sgperm_jax._partition import partition_size, typed_key
+from sgperm_jax._stats import PermutationStats, empty_permutation_stats
+from sgperm_jax._stats import step_stats
 from sgperm_jax._step import StepHyperparams, permute_tree
 
 
@@ -30,6 +32,12 @@ class PermutationState(NamedTuple):
   count: chex.Array
   rng_key: jax.Array  # raw uint32 threefry key data (2,), split every step
   weights: Any  # tree like params: the exact weights (zeros before step 0)
+  # the last step's statistics (one entry per leaf), or None if not tracked
+  stats: PermutationStats | None = None
+
+  def tracked_stats(self) -> list[tuple[PermutationStats, Any]]:
+    """``[(stats, weights)]`` if statistics are tracked, else ``[]``."""
+    return [] if self.stats is None else [(self.stats, self.weights)]
 
   def exact_params(self, params: Any) -> Any:
     """The exact weights: ``weights`` after the first step, else ``params``."""
@@ -69,6 +77,7 @@ def permute_by_recommendation(
     mesh: jax.sharding.Mesh | None = None,
     cycle_search: str = "auto",
     center_recommendations: bool = True,
+    track_stats: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   """Permutes the weights within each row, following the incoming updates.
 
@@ -130,6 +139,10 @@ def permute_by_recommendation(
       grow relative to the others. It never hurt and often helped on the quality
       suite (``sgperm-jax quality``), see the README's "When does permutation
       training work".
+    track_stats: record, at every step, what it did to each leaf (the share
+      of slots that moved, rank displacements, cycles, and the partition
+      size, alpha and lamda used); read them with :func:`permutation_stats`.
+      Off by default: the state then holds ``None`` and nothing is computed.
 
   Returns:
     An optax ``GradientTransformationExtraArgs``.
@@ -152,6 +165,7 @@ def permute_by_recommendation(
   _layout.check_layout(layout)
   check_cycle_search(cycle_search)
   _checks.boolean("center_recommendations", center_recommendations)
+  _checks.boolean("track_stats", track_stats)
 
   def init_fn(params: optax.Params) -> PermutationState:
     specs = _layout.resolve_layout(layout, params)
@@ -165,7 +179,9 @@ def permute_by_recommendation(
         count=jnp.zeros([], jnp.int32),
         rng_key=jax.random.key_data(
             jax.random.key(seed, impl="threefry2x32")),
-        weights=optax.tree.zeros_like(params))
+        weights=optax.tree.zeros_like(params),
+        stats=(empty_permutation_stats(len(jax.tree.leaves(params)))
+               if track_stats else None))
 
   def update_fn(updates: optax.Updates, state: PermutationState,
                 params: optax.Params | None = None,
@@ -186,9 +202,29 @@ def permute_by_recommendation(
     new_weights, new_updates = permute_tree(
         step_key, state.weights, updates, hp, layout=layout, mesh=mesh,
         cycle_search=cycle_search, initial=params, started=state.count > 0)
+    count = optax.safe_increment(state.count)
+    stats = (_stats_of_step(count, state, params, new_weights, hp)
+             if track_stats else None)
     return new_updates, PermutationState(
-        count=optax.safe_increment(state.count),
-        rng_key=jax.random.key_data(key), weights=new_weights)
+        count=count, rng_key=jax.random.key_data(key), weights=new_weights,
+        stats=stats)
+
+  def _stats_of_step(count, state, params, new_weights, hp):
+    leaves, treedef = jax.tree.flatten(params)
+    specs = treedef.flatten_up_to(_layout.resolve_layout(layout, params))
+    at = [i for i, (p, spec) in enumerate(zip(leaves, specs))
+          if _layout.row_shape(tuple(jnp.shape(p)), spec) is not None]
+    weights = treedef.flatten_up_to(state.weights)
+    after = treedef.flatten_up_to(new_weights)
+    started = state.count > 0
+    shapes = [_layout.row_shape(tuple(jnp.shape(leaves[i])), specs[i])
+              for i in at]
+    lengths = jnp.asarray([n for _, n in shapes], jnp.int32)
+    return step_stats(
+        count, [jnp.where(started, weights[i], leaves[i]) for i in at],
+        [after[i] for i in at], [specs[i] for i in at], at, len(leaves),
+        partition_size(hp.lamda, lengths, partition_size_min), hp.alpha,
+        hp.lamda)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
@@ -211,6 +247,7 @@ def sgperm(
     mesh: jax.sharding.Mesh | None = None,
     cycle_search: str = "auto",
     center_recommendations: bool = True,
+    track_stats: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Stochastic Gradient Permutation (Qiu & Suda, "Permute to Train").
 
@@ -254,6 +291,8 @@ def sgperm(
     center_recommendations: center each row's recommendations (ours, on by
       default; ``False`` is the paper's step), see
       :func:`permute_by_recommendation`.
+    track_stats: record what each step did to each leaf, see
+      :func:`permute_by_recommendation` and :func:`permutation_stats`.
 
   Returns:
     An optax ``GradientTransformationExtraArgs``.
@@ -284,4 +323,5 @@ def sgperm(
           alpha0, lamda0, beta1, beta2, alpha_min, lamda_max,
           partition_size_min, include_partition_remainder, seed,
           layout=layout, mesh=mesh, cycle_search=cycle_search,
-          center_recommendations=center_recommendations))
+          center_recommendations=center_recommendations,
+          track_stats=track_stats))

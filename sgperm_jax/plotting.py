@@ -1,4 +1,4 @@
-"""Plots: training curves, and one SGPerm step drawn like the paper's puzzles.
+"""Plots: training curves, one SGPerm step, and what permutation training did.
 
 :func:`plot_history` draws loss and accuracy per epoch, one colour per
 optimizer. :func:`one_step` runs the four public stages (:func:`~sgperm_jax.
@@ -7,6 +7,14 @@ find_cycles`, :func:`~sgperm_jax.permute`) on one weight vector and keeps every
 intermediate result; :func:`plot_one_step` draws them as four panels: the
 sorted weights with their recommendations, the permissibility graph's edges,
 the cycles found, and the values after the permutation.
+
+For research: :func:`rank_map` / :func:`plot_rank_maps` show where each slot's
+value stands in its row at the start and now; :func:`displacement_histograms`
+how far values moved in rank over training; :func:`weight_profile` /
+:func:`plot_weight_profiles` the sorted values of rows at init and after free
+training (Train-by-Reconnect's argument for permuting);
+:func:`plot_permutation_stats` the statistics the trainer logs. Each drawing
+function has a data function beside it, which the tests check.
 
 matplotlib is an optional dependency (``pip install "sgperm-jax[plot]"``); it
 is imported only when a figure is drawn. Figures are built with
@@ -24,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import sgperm_jax
+from sgperm_jax import _layout
 
 _INSTALL = ("sgperm_jax: sgperm_jax.plotting needs the [plot] extra"
             " (matplotlib); install it with pip install 'sgperm-jax[plot]'")
@@ -309,6 +318,357 @@ def plot_one_step(step: OneStep, *, title: str | None = None) -> Any:
   for ax in axes:
     ax.set_ylabel("value")
   axes[3].set_xlabel("vertices in sorted order (tick: original slot)")
+  if title:
+    fig.suptitle(title)
+  return fig
+
+
+# --------------------------------------------- what permutation training did
+
+
+def _row_layouts(params: Any, layout: Any) -> list[tuple[str, Any, Any]]:
+  """``(path, leaf, layout)`` of every leaf of ``params`` that has rows."""
+  specs = _layout.resolve_layout(layout, params)
+  leaves, treedef = jax.tree.flatten(params)
+  out = []
+  for path, leaf, spec in zip(_layout.leaf_paths(params), leaves,
+                              treedef.flatten_up_to(specs)):
+    if _layout.row_shape(tuple(np.shape(leaf)), spec) is not None:
+      out.append((path, leaf, spec))
+  return out
+
+
+def _rows(leaf: Any, spec: Any) -> np.ndarray:
+  """The rows of a leaf (docs/algorithm.md §2) as float64, ``(rows, n)``."""
+  return np.asarray(_layout.to_rows(jnp.asarray(leaf), spec),
+                    np.float64)
+
+
+def _value_ranks(rows: np.ndarray, reference: np.ndarray) -> np.ndarray:
+  """For each entry, the count of values of the same ``reference`` row
+  strictly below it (equal values share a rank)."""
+  ordered = np.sort(reference, axis=-1)
+  return np.stack([np.searchsorted(o, r, side="left")
+                   for o, r in zip(ordered, rows)])
+
+
+def _check_like(initial: Any, current: Any, what: str) -> None:
+  if jax.tree.structure(initial) != jax.tree.structure(current):
+    raise ValueError(f"sgperm_jax: {what}: the trees differ in structure")
+  for path, a, b in zip(_layout.leaf_paths(initial),
+                        jax.tree.leaves(initial), jax.tree.leaves(current)):
+    if np.shape(a) != np.shape(b):
+      raise ValueError(f"sgperm_jax: {what}: leaf {path} has shape"
+                       f" {np.shape(a)} at the start and {np.shape(b)} now")
+
+
+class RankMap(NamedTuple):
+  """Where each slot's value stands in its row, at the start and now.
+
+  Ranks are fractions of the row: 0 for the row's smallest initial value,
+  1 for its largest (a rank counts the row's initial values strictly below).
+  """
+  before: np.ndarray  # (slots,) rank of each slot's initial value
+  after: np.ndarray  # (slots,) rank of the value the slot holds now
+  counts: np.ndarray  # (bins, bins): slots per (before bin, after bin)
+
+
+def rank_map(initial: Any, current: Any, *, layout: Any = "neurons",
+             bins: int = 32) -> RankMap:
+  """The rank of every slot's value at the start and now, for one leaf.
+
+  A slot on the diagonal kept a value of its initial rank; permutation
+  training moves values within rows, so the map shows how far and where.
+
+  Args:
+    initial: the leaf at the start.
+    current: the leaf now (e.g. :func:`~sgperm_jax.exact_params`); each row
+      should be a permutation of the initial row, as permutation training
+      keeps it (then ranks are exact; otherwise they are the initial row's
+      ranks of the new values).
+    layout: the rows, as for the optimizer (``"neurons"`` or ``"whole"``).
+    bins: bins per axis of the 2-D histogram.
+
+  Returns:
+    A :class:`RankMap`.
+
+  Example:
+    >>> import numpy as np
+    >>> from sgperm_jax import plotting
+    >>> m = plotting.rank_map(np.array([0., 1., 2., 3., 4.]),
+    ...                       np.array([1., 0., 2., 3., 4.]), bins=2)
+    >>> m.before.tolist(), m.after.tolist(), m.counts.tolist()
+    ([0.0, 0.25, 0.5, 0.75, 1.0], [0.25, 0.0, 0.5, 0.75, 1.0], [[2, 0], [0, 3]])
+  """
+  if np.shape(initial) != np.shape(current):
+    raise ValueError("sgperm_jax: rank_map: initial and current have shapes"
+                     f" {np.shape(initial)} and {np.shape(current)}")
+  if _layout.row_shape(tuple(np.shape(initial)), layout) is None:
+    raise ValueError(f"sgperm_jax: rank_map: a leaf of shape"
+                     f" {np.shape(initial)} has no rows with layout"
+                     f" {layout!r}")
+  start, now = _rows(initial, layout), _rows(current, layout)
+  scale = max(start.shape[1] - 1, 1)
+  before = (_value_ranks(start, start) / scale).ravel()
+  after = (_value_ranks(now, start) / scale).ravel()
+  edges = np.linspace(0.0, 1.0, bins + 1)
+  counts, _, _ = np.histogram2d(before, after, bins=(edges, edges))
+  return RankMap(before, after, counts.astype(np.int64))
+
+
+def plot_rank_maps(initial: Any, current: Any, *, layout: Any = "neurons",
+                   bins: int = 32, title: str | None = None) -> Any:
+  """One "where did each initial weight go" map per leaf with rows.
+
+  Args:
+    initial: the params at the start (a tree).
+    current: the exact params now, a tree like ``initial``.
+    layout: the rows, as for the optimizer.
+    bins: bins per axis.
+    title: a title for the figure.
+
+  Returns:
+    A ``matplotlib.figure.Figure`` with one heat map per leaf (x: a slot's
+    initial rank, y: the rank of the value it holds now; log colour scale),
+    titled with the leaf's path and the share of slots off the diagonal.
+  """
+  require_matplotlib()
+  from matplotlib import colors  # noqa: PLC0415 (lazy import)
+  _check_like(initial, current, "plot_rank_maps")
+  leaves = _row_layouts(initial, layout)
+  currents = dict(zip(_layout.leaf_paths(current),
+                      jax.tree.leaves(current)))
+  if not leaves:
+    raise ValueError("sgperm_jax: plot_rank_maps: no leaf has rows")
+  cols = min(4, len(leaves))
+  rows = -(-len(leaves) // cols)
+  fig = figure((3.2 * cols, 3.0 * rows))
+  axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
+  for ax, (path, leaf, spec) in zip(axes, leaves):
+    m = rank_map(leaf, currents[path], layout=spec, bins=bins)
+    image = ax.imshow(m.counts.T, origin="lower", extent=(0, 1, 0, 1),
+                      norm=colors.LogNorm(vmin=1, vmax=max(2, m.counts.max())),
+                      cmap="viridis", aspect="equal")
+    moved = float(np.mean(m.before != m.after))
+    ax.set_title(f"{path}\n{moved:.0%} of slots changed rank",
+                 fontsize="small")
+    ax.set_xlabel("initial rank in row")
+    ax.set_ylabel("rank now")
+    fig.colorbar(image, ax=ax, shrink=0.8, label="slots")
+  for ax in axes[len(leaves):]:
+    ax.set_visible(False)
+  if title:
+    fig.suptitle(title)
+  return fig
+
+
+class DisplacementHistograms(NamedTuple):
+  """Rank displacements from the start, at several steps of training."""
+  steps: np.ndarray  # (T,) the step of each snapshot
+  edges: np.ndarray  # (bins + 1,) displacement bin edges, fractions of a row
+  shares: np.ndarray  # (T, bins): share of all slots in each bin
+
+
+def displacement_histograms(initial: Any,
+                            snapshots: Mapping[int, Any] | Sequence[
+                                tuple[int, Any]], *,
+                            layout: Any = "neurons",
+                            bins: int = 20) -> DisplacementHistograms:
+  """Histograms of how far each slot's value moved in rank since the start.
+
+  A slot's displacement is ``|rank(now) - rank(initial)| / (n - 1)``, ranks
+  counting the row's initial values strictly below (docs/algorithm.md §14,
+  measured from the start instead of the last step), pooled over the slots of
+  every leaf with rows.
+
+  Args:
+    initial: the params at the start.
+    snapshots: ``{step: exact params}`` (or ``(step, params)`` pairs), trees
+      like ``initial``.
+    layout: the rows, as for the optimizer.
+    bins: the number of bins over ``[0, 1]``.
+
+  Returns:
+    A :class:`DisplacementHistograms`, snapshots in step order.
+
+  Example:
+    >>> import numpy as np
+    >>> from sgperm_jax import plotting
+    >>> w0 = np.array([0., 1., 2., 3., 4.])
+    >>> h = plotting.displacement_histograms(
+    ...     w0, {5: np.array([1., 0., 2., 3., 4.]), 9: w0[::-1]}, bins=2)
+    >>> h.steps.tolist(), h.shares.tolist()
+    ([5, 9], [[1.0, 0.0], [0.2, 0.8]])
+  """
+  items = sorted(dict(snapshots).items())
+  if not items:
+    raise ValueError("sgperm_jax: displacement_histograms: no snapshots")
+  leaves = _row_layouts(initial, layout)
+  starts = [_rows(leaf, spec) for _, leaf, spec in leaves]
+  ranks0 = [_value_ranks(s, s) for s in starts]
+  edges = np.linspace(0.0, 1.0, bins + 1)
+  shares = []
+  for _, params in items:
+    _check_like(initial, params, "displacement_histograms")
+    now = dict(zip(_layout.leaf_paths(params),
+                   jax.tree.leaves(params)))
+    moves = [np.abs(_value_ranks(_rows(now[path], spec), s) - r0).ravel()
+             / max(s.shape[1] - 1, 1)
+             for (path, _, spec), s, r0 in zip(leaves, starts, ranks0)]
+    d = np.concatenate(moves)
+    counts, _ = np.histogram(d, bins=edges)
+    shares.append(counts / d.size)
+  return DisplacementHistograms(np.asarray([s for s, _ in items]), edges,
+                                np.asarray(shares))
+
+
+def plot_displacement_histograms(h: DisplacementHistograms, *,
+                                 title: str | None = None) -> Any:
+  """Draws :func:`displacement_histograms`: one line per snapshot (darker is
+  later), share of slots against displacement (log scale).
+
+  Returns:
+    A ``matplotlib.figure.Figure``.
+  """
+  fig = figure((6.5, 4))
+  ax = fig.subplots()
+  centers = (h.edges[:-1] + h.edges[1:]) / 2
+  for k, (step, shares) in enumerate(zip(h.steps, h.shares)):
+    shade = 0.25 + 0.75 * (k + 1) / len(h.steps)
+    ax.plot(centers, np.where(shares > 0, shares, np.nan), marker=".",
+            color=(0.1, 0.2, 0.6, shade), label=f"step {int(step)}")
+  ax.set_yscale("log")
+  ax.set_xlabel("rank displacement since the start (fraction of the row)")
+  ax.set_ylabel("share of slots")
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize="small")
+  if title:
+    fig.suptitle(title)
+  return fig
+
+
+class WeightProfile(NamedTuple):
+  """The values of each row of a leaf, sorted, at init and after training."""
+  initial: np.ndarray  # (rows, n), each row ascending
+  trained: np.ndarray  # (rows, n), each row ascending
+
+
+def weight_profile(initial: Any, trained: Any, *, layout: Any = "neurons"
+                   ) -> WeightProfile:
+  """Sorted row values of one leaf at init and after free training (Adam).
+
+  Train-by-Reconnect's observation: a row trained freely ends with nearly
+  the same sorted profile as it started with, so the values can be kept and
+  only their places learnt, which is what permutation training does.
+
+  Example:
+    >>> import numpy as np
+    >>> from sgperm_jax import plotting
+    >>> p = plotting.weight_profile(np.array([[3., 0.], [1., 2.]]),
+    ...                             np.array([[2.5, 0.], [1., 2.]]))
+    >>> p.initial.tolist(), p.trained.tolist()
+    ([[1.0, 3.0], [0.0, 2.0]], [[1.0, 2.5], [0.0, 2.0]])
+  """
+  if np.shape(initial) != np.shape(trained):
+    raise ValueError("sgperm_jax: weight_profile: initial and trained have"
+                     f" shapes {np.shape(initial)} and {np.shape(trained)}")
+  if _layout.row_shape(tuple(np.shape(initial)), layout) is None:
+    raise ValueError(f"sgperm_jax: weight_profile: a leaf of shape"
+                     f" {np.shape(initial)} has no rows with layout"
+                     f" {layout!r}")
+  return WeightProfile(np.sort(_rows(initial, layout), axis=-1),
+                       np.sort(_rows(trained, layout), axis=-1))
+
+
+def plot_weight_profiles(initial: Any, trained: Any, *,
+                         layout: Any = "neurons", rows: int = 6,
+                         title: str | None = None) -> Any:
+  """Weight profiles in the style of Train-by-Reconnect, one panel per leaf.
+
+  Each panel draws the sorted values of ``rows`` rows of the leaf (evenly
+  spaced among its rows), at init (dashed) and after training (solid), one
+  colour per row, against the rank in the row.
+
+  Args:
+    initial: the params at init.
+    trained: the params after free training (e.g. Adam), like ``initial``.
+    layout: the rows, as for the optimizer.
+    rows: rows drawn per leaf.
+    title: a title for the figure.
+
+  Returns:
+    A ``matplotlib.figure.Figure``.
+  """
+  _check_like(initial, trained, "plot_weight_profiles")
+  leaves = _row_layouts(initial, layout)
+  if not leaves:
+    raise ValueError("sgperm_jax: plot_weight_profiles: no leaf has rows")
+  after = dict(zip(_layout.leaf_paths(trained),
+                   jax.tree.leaves(trained)))
+  cols = min(3, len(leaves))
+  nrows = -(-len(leaves) // cols)
+  fig = figure((4.2 * cols, 3.2 * nrows))
+  axes = np.atleast_1d(fig.subplots(nrows, cols, squeeze=False)).ravel()
+  for ax, (path, leaf, spec) in zip(axes, leaves):
+    p = weight_profile(leaf, after[path], layout=spec)
+    x = np.linspace(0, 1, p.initial.shape[1])
+    for k, j in enumerate(np.unique(np.linspace(
+        0, p.initial.shape[0] - 1, rows).round().astype(int))):
+      ax.plot(x, p.initial[j], "--", color=f"C{k % 10}", lw=1)
+      ax.plot(x, p.trained[j], "-", color=f"C{k % 10}", lw=1)
+    ax.set_title(f"{path} (dashed: init, solid: trained)", fontsize="small")
+    ax.set_xlabel("rank in row")
+    ax.set_ylabel("value")
+    ax.grid(alpha=0.3)
+  for ax in axes[len(leaves):]:
+    ax.set_visible(False)
+  if title:
+    fig.suptitle(title)
+  return fig
+
+
+def plot_permutation_stats(histories: Mapping[str, Sequence[Mapping[
+    str, float]]], *, title: str | None = None) -> Any:
+  """The trainer's permutation statistics over training, one colour per run.
+
+  Args:
+    histories: for each optimizer, one record per epoch with any of
+      ``"moved_fraction"``, ``"mean_displacement"``, ``"cycles"``,
+      ``"mean_cycle_length"``, ``"free_distance"`` (as the trainer logs
+      them from :func:`~sgperm_jax.permutation_stats`).
+    title: a title for the figure.
+
+  Returns:
+    A ``matplotlib.figure.Figure`` with a panel per field present.
+
+  Example:
+    >>> from sgperm_jax import plotting
+    >>> fig = plotting.plot_permutation_stats({"sgperm": [
+    ...     {"moved_fraction": 0.2, "cycles": 40.0},
+    ...     {"moved_fraction": 0.1, "cycles": 25.0}]})
+    >>> [ax.get_title() for ax in fig.axes]
+    ['slots moved (share)', 'cycles']
+  """
+  names = {"moved_fraction": "slots moved (share)",
+           "mean_displacement": "mean rank displacement",
+           "cycles": "cycles", "mean_cycle_length": "mean cycle length",
+           "free_distance": "free weights' distance from the synced view"}
+  fields = [f for f in names if any(f in r for h in histories.values()
+                                    for r in h)]
+  if not fields:
+    raise ValueError("sgperm_jax: plot_permutation_stats: no statistics")
+  fig = figure((3.6 * len(fields), 3.4))
+  axes = np.atleast_1d(fig.subplots(1, len(fields)))
+  for ax, field in zip(axes, fields):
+    for i, (name, records) in enumerate(histories.items()):
+      values = [r.get(field, np.nan) for r in records]
+      if not np.all(np.isnan(values)):
+        ax.plot(np.arange(1, len(values) + 1), values, marker=".",
+                color=f"C{i % 10}", label=name)
+    ax.set_title(names[field])
+    ax.set_xlabel("epoch")
+    ax.grid(alpha=0.3)
+  axes[0].legend(fontsize="small")
   if title:
     fig.suptitle(title)
   return fig

@@ -136,3 +136,75 @@ def test_train_plot_without_matplotlib_fails_first(no_matplotlib, tmp_path,
   err = capsys.readouterr().err
   assert rc == 2 and "sgperm-jax[plot]" in err and err.count("\n") == 1
   assert not list(tmp_path.iterdir())
+
+
+# --------------------------------------------- what permutation training did
+
+
+def _permuted_tree():
+  """A kernel (rows: columns) and a vector, and a row permutation of each."""
+  kernel = np.arange(12.0).reshape(4, 3)  # rows [0,3,6,9], [1,4,7,10], ...
+  vector = np.array([5., 1., 3., 2., 4.])
+  now = {"kernel": kernel[[1, 0, 2, 3]], "vector": vector[[1, 0, 2, 4, 3]]}
+  return {"kernel": kernel, "vector": vector}, now
+
+
+def test_rank_map_counts_each_slot_once_on_its_ranks():
+  start, now = _permuted_tree()
+  m = plotting.rank_map(start["kernel"], now["kernel"], bins=3)
+  # Each column of the kernel swaps its two smallest values (ranks 0 and 1
+  # of 0..3, i.e. 0 and 1/3); the other slots stay.
+  np.testing.assert_allclose(m.before, np.tile([0, 1, 2, 3], 3) / 3)
+  np.testing.assert_allclose(m.after, np.tile([1, 0, 2, 3], 3) / 3)
+  assert m.counts.sum() == 12
+  assert m.counts.tolist() == [[0, 3, 0], [3, 0, 0], [0, 0, 6]]
+  fig = plotting.plot_rank_maps(start, now, bins=3)
+  drawn = [ax for ax in fig.axes if ax.get_images()]
+  assert [ax.get_title().split("\n")[0] for ax in drawn] == [
+      "['kernel']", "['vector']"]
+  np.testing.assert_array_equal(drawn[0].get_images()[0].get_array(),
+                                m.counts.T)
+  assert "50% of slots changed rank" in drawn[0].get_title()
+  with pytest.raises(ValueError, match="sgperm_jax: rank_map"):
+    plotting.rank_map(start["kernel"], now["vector"])
+
+
+def test_displacement_histograms_pool_every_row_and_sort_the_steps():
+  start, now = _permuted_tree()
+  h = plotting.displacement_histograms(start, [(7, now), (0, start)], bins=4)
+  assert h.steps.tolist() == [0, 7]
+  assert h.shares[0].tolist() == [1.0, 0.0, 0.0, 0.0]  # nothing moved
+  # Kernel: 6 of 12 slots move one rank in 3 (1/3: bin 1). Vector
+  # [5, 1, 3, 2, 4] -> [1, 5, 3, 4, 2]: 5 and 1 cross the whole row (4/4:
+  # bin 3), 2 and 4 move two ranks (2/4: bin 2), 3 stays.
+  np.testing.assert_allclose(h.shares[1], np.array([7, 6, 2, 2]) / 17)
+  fig = plotting.plot_displacement_histograms(h)
+  lines = fig.axes[0].get_lines()
+  assert [ln.get_label() for ln in lines] == ["step 0", "step 7"]
+  np.testing.assert_allclose(np.nan_to_num(lines[1].get_ydata()), h.shares[1])
+
+
+def test_weight_profiles_sort_each_row():
+  start = {"k": np.array([[3., 0., 1.], [1., 2., -1.]])}
+  trained = {"k": start["k"] * 1.5}
+  p = plotting.weight_profile(start["k"], trained["k"])
+  assert p.initial.tolist() == [[1., 3.], [0., 2.], [-1., 1.]]
+  np.testing.assert_allclose(p.trained, 1.5 * p.initial)
+  fig = plotting.plot_weight_profiles(start, trained, rows=2)
+  lines = fig.axes[0].get_lines()
+  assert len(lines) == 4  # two rows, init and trained each
+  np.testing.assert_array_equal(lines[0].get_ydata(), p.initial[0])
+  np.testing.assert_array_equal(lines[1].get_ydata(), p.trained[0])
+
+
+def test_permutation_stats_plot_draws_the_logged_records():
+  fig = plotting.plot_permutation_stats({
+      "sgperm": [{"moved_fraction": 0.3, "mean_displacement": 2.0},
+                 {"moved_fraction": 0.2, "mean_displacement": 1.5}],
+      "laperm": [{"moved_fraction": 0.1, "free_distance": 0.4}]})
+  titles = [ax.get_title() for ax in fig.axes]
+  assert titles == ["slots moved (share)", "mean rank displacement",
+                    "free weights' distance from the synced view"]
+  moved = {ln.get_label(): ln.get_ydata().tolist()
+           for ln in fig.axes[0].get_lines()}
+  assert moved == {"sgperm": [0.3, 0.2], "laperm": [0.1]}

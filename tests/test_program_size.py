@@ -65,3 +65,12 @@ def test_a_new_shape_does_not_add_sorts():
   lengths = {f"w{n}": jax.ShapeDtypeStruct((n, 3), jnp.float32)
              for n in range(2, 40)}
   assert _ops(tx, lengths)["sort"] == _ops(tx, _tree(4))["sort"]
+
+
+@pytest.mark.parametrize("name", ["sgperm", "laperm"])
+def test_tracked_stats_do_not_grow_with_leaves(name):
+  tx = (sgperm_jax.sgperm(lamda0=0.5, track_stats=True) if name == "sgperm"
+        else sgperm_jax.laperm(optax.adam(1e-3), sync_period=3,
+                               track_stats=True))
+  few, many = _ops(tx, _tree(4)), _ops(tx, _tree(60))
+  assert few == many, (few, many)
