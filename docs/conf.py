@@ -34,7 +34,7 @@ extensions = [
 
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
 root_doc = "index"
-exclude_patterns = ["_build"]
+exclude_patterns = ["_build", "images"]  # figures and tables for the README
 
 # Google style docstrings, as the code writes them.
 napoleon_google_docstring = True

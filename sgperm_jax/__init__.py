@@ -6,6 +6,7 @@ Stochastic Gradient Permutation (Qiu & Suda, "Permute to Train") as an optax
 :func:`find_cycles` and :func:`permute`.
 """
 
+from sgperm_jax import initializers
 from sgperm_jax._cycles import auto_cycle_search
 from sgperm_jax._cycles import find_cycles
 from sgperm_jax._cycles import source_order
@@ -32,6 +33,8 @@ from sgperm_jax._switch import switch_after
 from sgperm_jax._transform import PermutationState
 from sgperm_jax._transform import permute_by_recommendation
 from sgperm_jax._transform import sgperm
+from sgperm_jax.export import load_permutation
+from sgperm_jax.export import save_permutation
 
 __version__ = "0.1.0"
 
@@ -48,7 +51,9 @@ __all__ = (
     "auto_cycle_search",
     "exact_params",
     "find_cycles",
+    "initializers",
     "laperm",
+    "load_permutation",
     "momentum_recommendation",
     "partition",
     "partition_ratio",
@@ -59,6 +64,7 @@ __all__ = (
     "permute",
     "permute_by_recommendation",
     "recommend",
+    "save_permutation",
     "sgperm",
     "source_order",
     "switch_after",

@@ -372,12 +372,12 @@ def permutation_stats(opt_state: Any) -> Any:
     ValueError: if no state in ``opt_state`` tracks statistics.
 
   Example:
-    >>> import jax.numpy as jnp, sgperm_jax
+    >>> import jax, jax.numpy as jnp, sgperm_jax
     >>> tx = sgperm_jax.sgperm(lamda0=1.0, track_stats=True)
     >>> params = {"w": jnp.array([0., 1., 2., 3.]), "b": jnp.zeros(())}
     >>> state = tx.init(params)
     >>> grads = {"w": jnp.array([1., -1., 1., -1.]), "b": jnp.ones(())}
-    >>> _, state = tx.update(grads, state, params)
+    >>> _, state = jax.jit(tx.update)(grads, state, params)
     >>> s = sgperm_jax.permutation_stats(state)
     >>> s["b"] is None, float(s["w"].moved_fraction), int(s["w"].cycles)
     (True, 0.5, 1)

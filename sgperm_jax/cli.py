@@ -1,10 +1,12 @@
-"""The ``sgperm-jax`` command: ``train`` (the main job), ``bench``, ``quality``.
+"""The ``sgperm-jax`` command: ``train`` (the main job), ``bench``,
+``quality``, ``pictures``.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 
 # name: (module, one line of help, whether it needs the [train] extra)
 COMMANDS = {
@@ -17,6 +19,9 @@ COMMANDS = {
     "quality": ("sgperm_jax.experiments.quality",
                 "learning quality of every optimizer on every task, by seed",
                 True),
+    "pictures": ("sgperm_jax.experiments.pictures",
+                 "draw what permutation training did (the README's figures)",
+                 True),
 }
 
 
@@ -35,6 +40,16 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     empty = action.default is None or action.default in ((), [], "")
     shown = "none" if empty else "%(default)s"
     return f"{text} (default: {shown})" if text else f"default: {shown}"
+
+
+def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None
+          ) -> argparse.Namespace | int:
+  """The parsed options, or the exit status when argparse exits (``-h``:
+  0, a bad option: 2, after printing why)."""
+  try:
+    return parser.parse_args(argv)
+  except SystemExit as e:
+    return int(e.code or 0)
 
 
 def usage() -> str:

@@ -445,7 +445,8 @@ def plot_rank_maps(initial: Any, current: Any, *, layout: Any = "neurons",
   fig = figure((3.2 * cols, 3.0 * rows))
   axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
   for ax, (path, leaf, spec) in zip(axes, leaves):
-    m = rank_map(leaf, currents[path], layout=spec, bins=bins)
+    n = _layout.row_shape(tuple(np.shape(leaf)), spec)[1]  # type: ignore[index]
+    m = rank_map(leaf, currents[path], layout=spec, bins=min(bins, n))
     image = ax.imshow(m.counts.T, origin="lower", extent=(0, 1, 0, 1),
                       norm=colors.LogNorm(vmin=1, vmax=max(2, m.counts.max())),
                       cmap="viridis", aspect="equal")
@@ -652,7 +653,9 @@ def plot_permutation_stats(histories: Mapping[str, Sequence[Mapping[
   names = {"moved_fraction": "slots moved (share)",
            "mean_displacement": "mean rank displacement",
            "cycles": "cycles", "mean_cycle_length": "mean cycle length",
-           "free_distance": "free weights' distance from the synced view"}
+           "free_distance": "free weights' distance to the sync"}
+  require_matplotlib()
+  from matplotlib import ticker  # noqa: PLC0415 (lazy import)
   fields = [f for f in names if any(f in r for h in histories.values()
                                     for r in h)]
   if not fields:
@@ -668,6 +671,7 @@ def plot_permutation_stats(histories: Mapping[str, Sequence[Mapping[
     ax.set_title(names[field])
     ax.set_xlabel("epoch")
     ax.grid(alpha=0.3)
+    ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
   axes[0].legend(fontsize="small")
   if title:
     fig.suptitle(title)

@@ -101,3 +101,15 @@ def run_with_8_devices(script: str, timeout: float = 600) -> None:
                        capture_output=True, text=True, timeout=timeout)
   assert out.returncode == 0, out.stderr[-4000:]
   assert "OK" in out.stdout
+
+
+def data_error(spec) -> str:
+  """The one-line ``DataError`` that loading the data set ``spec`` raises
+  (needs the ``[train]`` extra)."""
+  import pytest  # noqa: PLC0415 (only the data tests use it)
+  from sgperm_jax.experiments import data  # noqa: PLC0415 (needs flax)
+  with pytest.raises(data.DataError) as info:
+    data.load_dataset(str(spec))
+  message = str(info.value)
+  assert "\n" not in message
+  return message

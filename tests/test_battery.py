@@ -167,7 +167,10 @@ def _mixed_params():
   return {jnp.dtype(d).name: _params(d) for d in DTYPES}
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", [
+    pytest.param(n, marks=pytest.mark.slow) if n in (
+        "permute_by_recommendation", "switch_after") else n
+    for n in NAMES])  # those two run sgperm's step: slow only for -m "not slow"
 def test_dtypes_are_kept_and_rows_stay_permutations(name):
   # One tree of all four dtypes, so that one program checks them all.
   with jax.enable_x64(True):

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from sgperm_jax.experiments import data
+from tests import helpers
 
 
 def write_idx(path: pathlib.Path, array: np.ndarray, magic: int | None = None,
@@ -113,16 +114,8 @@ def test_csv_round_trip_with_header_and_gzip(tmp_path):
   _same_examples(d, images, labels)
 
 
-def _error(spec) -> str:
-  with pytest.raises(data.DataError) as info:
-    data.load_dataset(str(spec))
-  message = str(info.value)
-  assert "\n" not in message
-  return message
-
-
 def test_missing_file(tmp_path):
-  message = _error(tmp_path / "nope-images-idx3-ubyte")
+  message = helpers.data_error(tmp_path / "nope-images-idx3-ubyte")
   assert str(tmp_path / "nope-images-idx3-ubyte") in message
   assert "no such file" in message
 
@@ -132,7 +125,7 @@ def test_bad_idx_magic_names_the_file(tmp_path):
   path = write_idx(tmp_path / "train-images-idx3-ubyte", images,
                    magic=0x0801)
   write_idx(tmp_path / "train-labels-idx1-ubyte", labels)
-  message = _error(path)
+  message = helpers.data_error(path)
   assert str(path) in message and "magic" in message
 
 
@@ -140,7 +133,7 @@ def test_truncated_idx_data(tmp_path):
   images, labels = make_images(4)
   path = write_idx(tmp_path / "train-images-idx3-ubyte", images, truncate=3)
   write_idx(tmp_path / "train-labels-idx1-ubyte", labels)
-  message = _error(path)
+  message = helpers.data_error(path)
   assert str(path) in message and "64 bytes of data" in message
   assert "holds 61" in message
 
@@ -149,12 +142,12 @@ def test_short_idx_header(tmp_path):
   path = tmp_path / "train-images-idx3-ubyte"
   path.write_bytes(bytes([0, 0, 8, 3, 0, 0]))
   write_idx(tmp_path / "train-labels-idx1-ubyte", make_images(4)[1])
-  assert "truncated IDX header" in _error(path)
+  assert "truncated IDX header" in helpers.data_error(path)
 
 
 def test_missing_labels_file_is_named(tmp_path):
   path = write_idx(tmp_path / "train-images-idx3-ubyte", make_images(4)[0])
-  message = _error(path)
+  message = helpers.data_error(path)
   assert str(tmp_path / "train-labels-idx1-ubyte") in message
 
 
@@ -162,22 +155,22 @@ def test_label_count_mismatch(tmp_path):
   images, labels = make_images(4)
   path = write_idx(tmp_path / "train-images-idx3-ubyte", images)
   write_idx(tmp_path / "train-labels-idx1-ubyte", labels[:3])
-  assert "3 labels for 4 images" in _error(path)
+  assert "3 labels for 4 images" in helpers.data_error(path)
 
 
 def test_images_file_named_otherwise(tmp_path):
   path = write_idx(tmp_path / "pictures.bin", make_images(4)[0])
-  assert "cannot tell where its labels are" in _error(path)
+  assert "cannot tell where its labels are" in helpers.data_error(path)
 
 
 def test_corrupt_gzip(tmp_path):
   path = tmp_path / "train-images-idx3-ubyte.gz"
   path.write_bytes(b"\x1f\x8b this is not gzip")
-  assert "not a valid gzip file" in _error(path)
+  assert "not a valid gzip file" in helpers.data_error(path)
 
 
 def test_directory_without_idx_files(tmp_path):
-  assert "no train-images-idx3-ubyte" in _error(tmp_path)
+  assert "no train-images-idx3-ubyte" in helpers.data_error(tmp_path)
 
 
 def test_csv_wrong_column_count_names_file_and_line(tmp_path):
@@ -186,7 +179,7 @@ def test_csv_wrong_column_count_names_file_and_line(tmp_path):
   lines = path.read_text().splitlines()
   lines[3] += ",7"
   path.write_text("\n".join(lines))
-  message = _error(path)
+  message = helpers.data_error(path)
   assert str(path) in message
   assert "line 4 has 11 columns, expected 10" in message
 
@@ -194,7 +187,7 @@ def test_csv_wrong_column_count_names_file_and_line(tmp_path):
 def test_csv_not_a_square_image(tmp_path):
   path = tmp_path / "d.csv"
   path.write_text("1,2,3,4,5,0\n1,2,3,4,5,1\n")
-  assert "6 columns per line" in _error(path)
+  assert "6 columns per line" in helpers.data_error(path)
 
 
 @pytest.mark.parametrize("line, expected", [
@@ -206,17 +199,17 @@ def test_csv_not_a_square_image(tmp_path):
 def test_csv_bad_values(tmp_path, line, expected):
   path = tmp_path / "d.csv"
   path.write_text(f"0,0,0,0,1\n{line}\n")
-  message = _error(path)
+  message = helpers.data_error(path)
   assert expected in message and str(path) in message
 
 
 def test_csv_empty(tmp_path):
   path = tmp_path / "d.csv"
   path.write_text("\n")
-  assert "no data lines" in _error(path)
+  assert "no data lines" in helpers.data_error(path)
 
 
 def test_one_image_cannot_be_split(tmp_path):
   path = tmp_path / "d.csv"
   path.write_text("0,0,0,0,1\n")
-  assert "at least 2" in _error(path)
+  assert "at least 2" in helpers.data_error(path)

@@ -204,7 +204,23 @@ def test_permutation_stats_plot_draws_the_logged_records():
       "laperm": [{"moved_fraction": 0.1, "free_distance": 0.4}]})
   titles = [ax.get_title() for ax in fig.axes]
   assert titles == ["slots moved (share)", "mean rank displacement",
-                    "free weights' distance from the synced view"]
+                    "free weights' distance to the sync"]
   moved = {ln.get_label(): ln.get_ydata().tolist()
            for ln in fig.axes[0].get_lines()}
   assert moved == {"sgperm": [0.3, 0.2], "laperm": [0.1]}
+
+
+@pytest.mark.slow
+def test_pictures_command_writes_every_figure(tmp_path, capsys):
+  from sgperm_jax.experiments import pictures  # noqa: PLC0415 (needs flax)
+  assert pictures.main(["--out", str(tmp_path / "figs"), "--epochs", "2",
+                        "--no-progress"]) == 0
+  out = capsys.readouterr().out
+  for name in pictures.FILES:
+    path = tmp_path / "figs" / name
+    if name.endswith(".png"):
+      assert path.read_bytes()[:8] == PNG_MAGIC, name
+    assert f"wrote {name} to {path}" in out
+  table = (tmp_path / "figs" / "export_sizes.md").read_text().splitlines()
+  assert [row.split("|")[1].strip() for row in table[2:]] == ["mlp", "conv"]
+  assert pictures.main(["--epochs", "0"]) == 2

@@ -11,6 +11,7 @@ from flax import nnx
 
 import sgperm_jax
 from sgperm_jax.experiments import diagnostics, quality
+from sgperm_jax.initializers import row_nonzeros
 from tests import helpers
 
 
@@ -171,3 +172,69 @@ def test_top_level_help_lists_the_commands_and_version(capsys):
   assert version == f"sgperm-jax {sgperm_jax.__version__}"
   assert cli.main(["fit"]) == 2
   assert "unknown command 'fit'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_sparse_sweep_writes_accuracy_against_density(tmp_path, capsys):
+  """``--sparse``: the digits MLP with sparse kernels, one epoch, one seed,
+  SGPerm and LaPerm (its default optimizers)."""
+  out = tmp_path / "s"
+  assert quality.main([
+      "--sparse", "1,0.2", "--seeds", "1", "--epochs-scale", "0.01",
+      "--json", f"{out}.json", "--md", f"{out}.md", "--plot",
+      f"{out}.png"]) == 0
+  table = capsys.readouterr().out
+  assert ("| density | nonzero per unit | sgperm % accuracy | laperm %"
+          " accuracy | laperm free | seconds/run |") in table
+  assert "| 0.2 | 13/64, 26/128 |" in table and "| 1 | 64/64, 128/128 |" in (
+      table)
+  data = json.loads((tmp_path / "s.json").read_text())
+  assert data["sparse"] == [1.0, 0.2]
+  assert [(r["density"], r["optimizer"]) for r in data["rows"]] == [
+      (1.0, "sgperm"), (1.0, "laperm"), (0.2, "sgperm"), (0.2, "laperm")]
+  for row in data["rows"]:
+    assert 0.0 <= row["score"] <= 1.0 and row["metric"] == "accuracy"
+  assert (tmp_path / "s.md").read_text().strip() in table
+  assert (tmp_path / "s.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_sparse_mlp_kernels_have_the_density_per_row():
+  model = quality.sparse_mlp(0.2, seed=0)
+  for layer, fan_in in zip(model.layers, (64, 128)):
+    kernel = np.asarray(layer.kernel[...])
+    counts = (helpers.rows(kernel) != 0).sum(axis=-1)
+    np.testing.assert_array_equal(counts, row_nonzeros(fan_in, 0.2))
+    # He scaled by 1 / density: each unit's input keeps its variance
+    assert 0.5 < np.sum(kernel ** 2, axis=0).mean() < 4.0
+    np.testing.assert_array_equal(layer.bias[...], 0)
+  other = quality.sparse_mlp(0.2, seed=1).layers[0].kernel[...]
+  assert not np.array_equal(other, model.layers[0].kernel[...])
+
+
+def test_density_table_from_runs():
+  chosen = list(quality.sparse_tasks((1.0, 0.1)).values())
+  assert [t.name for t in chosen] == ["sparse-mlp-d1", "sparse-mlp-d0.1"]
+  runs = [quality.Run("sparse-mlp-d1", "sgperm", 0, 0.9, 0.9, 2.0),
+          quality.Run("sparse-mlp-d1", "sgperm", 1, 0.7, 0.7, 2.0),
+          quality.Run("sparse-mlp-d0.1", "sgperm", 0, 0.5, 0.5, 1.0),
+          quality.Run("sparse-mlp-d0.1", "laperm", 0, 0.25, 0.75, 3.0)]
+  rows = quality.summarize(runs, chosen)
+  assert [r["density"] for r in rows] == [1.0, 0.1, 0.1]
+  assert quality.density_markdown(rows).splitlines() == [
+      "| density | nonzero per unit | sgperm % accuracy | laperm % accuracy"
+      " | laperm free | seconds/run |",
+      "|---:|---|---:|---:|---:|---:|",
+      "| 1 | 64/64, 128/128 | 80.0 ± 10.0 | - | - | 2.0 |",
+      "| 0.1 | 6/64, 13/128 | 50.0 ± 0.0 | 25.0 ± 0.0 | 75.0 ± 0.0 |"
+      " 1.0 / 3.0 |"]
+
+
+def test_bad_sparse_options_are_usage_errors(capsys):
+  for argv in (["--sparse", "0"], ["--sparse", "1.5"], ["--sparse", "x"],
+               ["--sparse", "--tasks", "mlp-digits"],
+               ["--sparse", "0.5", "--diagnose", "mlp-digits:sgperm"]):
+    with pytest.raises(SystemExit) as e:
+      quality.main(argv)
+    assert e.value.code == 2
+  assert "--sparse" in capsys.readouterr().err

@@ -134,6 +134,7 @@ def test_equal_values_pair_in_order_and_zeros_of_either_sign_stay():
   assert np.isnan(float(s.moved_fraction[0]))  # not a permuted leaf
 
 
+@pytest.mark.slow
 def test_laperm_sync_stats_match_hand_counts():
   inner = optax.adam(0.05)
   tx = sgperm_jax.laperm(inner, sync_period=2, center_updates=False,
@@ -165,6 +166,7 @@ def test_laperm_sync_stats_match_hand_counts():
     synced_before = synced
 
 
+@pytest.mark.slow
 def test_stats_are_found_inside_partition_and_switch_after():
   params = _distinct_params()
   labels = {"kernel": "perm", "conv": "perm", "bias": "adam",

@@ -34,8 +34,8 @@ def compare_run(tmp_path_factory):
   traces = []
   make = train.train_step_fn
 
-  def counting(graphdef, tx):
-    step = make(graphdef, tx)
+  def counting(graphdef, tx, *args):
+    step = make(graphdef, tx, *args)
     index = len(traces)
     traces.append(0)
 
@@ -118,17 +118,55 @@ def test_conv_on_idx_files_with_other_optimizers(tmp_path, capsys):
   compare = "laperm" if has_laperm else "sgd"
   rc = train.main(["--dataset", str(directory), "--model", "conv",
                    "--channels", "4", "--optimizer", "sgperm-adam",
-                   "--compare", compare, "--epochs", "1", "--batch-size",
-                   "32", "--alpha0", "0.3", "--json", str(out_json),
-                   "--no-progress"])
+                   "--compare", compare, "--epochs", "2", "--batch-size",
+                   "32", "--alpha0", "0.3", "--sync-period", "12",
+                   "--track-stats", "--json", str(out_json),
+                   "--plot", str(tmp_path / "c.png"), "--no-progress"])
   captured = capsys.readouterr()
   assert rc == 0, captured.err
   doc = json.loads(out_json.read_text())
   assert list(doc["runs"]) == ["sgperm-adam", *compare.split(",")]
-  assert doc["steps"] == 256 // 32
+  assert doc["steps"] == 2 * 256 // 32
   assert doc["config"]["alpha0"] == 0.3
   assert doc["config"]["learning_rate"] == {"laperm": 1e-3}
   assert "256 training and 64 test images of 8x8x1" in captured.out
+  # --track-stats: every epoch logs its last step's (laperm: sync's) record
+  sg = doc["runs"]["sgperm-adam"]["history"]
+  assert set(train.STATS_FIELDS[:-1]) <= set(sg)
+  assert "free_distance" not in sg
+  assert all(0 < m <= 1 for m in sg["moved_fraction"])
+  assert all(c >= 1 and length >= 2 for c, length in
+             zip(sg["cycles"], sg["mean_cycle_length"]))
+  la = doc["runs"]["laperm"]["history"]
+  assert la["free_distance"][0] is None  # no sync in the 8 steps of epoch 1
+  assert la["free_distance"][1] > 0 and la["moved_fraction"][1] > 0
+  assert (tmp_path / "c-stats.png").read_bytes()[:8] == PNG_MAGIC
+  assert f"wrote statistics plot to {tmp_path / 'c-stats.png'}" in (
+      captured.out)
+
+
+def test_stats_summary_weights_the_leaves_by_size():
+  params = {"a": jnp.arange(8.0).reshape(4, 2), "b": jnp.arange(3.0),
+            "c": jnp.zeros(())}
+  tx = sgperm_jax.sgperm(lamda0=1.0, partition_size_min=2, track_stats=True)
+  state = tx.init(params)
+  assert train.stats_summary(sgperm_jax.sgperm().init(params), params) is None
+  assert train.stats_summary(state, params) == dict.fromkeys(
+      train.STATS_FIELDS[:-1])
+  grads = {"a": jnp.array([[1., -1.], [-1., 1.], [1., -1.], [-1., 1.]]),
+           "b": jnp.array([1., 0., -1.]), "c": jnp.ones(())}
+  _, state = jax.jit(tx.update)(grads, state, params)
+  stats = sgperm_jax.permutation_stats(state)
+  got = train.stats_summary(state, params)
+  a, b = stats["a"], stats["b"]
+  moved = 8 * float(a.moved_fraction) + 3 * float(b.moved_fraction)
+  cycles = int(a.cycles) + int(b.cycles)
+  assert cycles >= 1
+  assert got == pytest.approx({
+      "moved_fraction": moved / 11,
+      "mean_displacement": (8 * float(a.mean_displacement)
+                            + 3 * float(b.mean_displacement)) / 11,
+      "cycles": cycles, "mean_cycle_length": moved / cycles})
 
 
 def _bad_idx(tmp_path):

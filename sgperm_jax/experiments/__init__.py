@@ -6,8 +6,13 @@ sgperm_jax``) needs none of it.
 
 - :mod:`~sgperm_jax.experiments.train`: ``sgperm-jax train``, the main job.
 - :mod:`~sgperm_jax.experiments.data`: digits, IDX and CSV loaders.
-- :mod:`~sgperm_jax.experiments.models`: the Flax NNX MLP and convnet.
+- :mod:`~sgperm_jax.experiments.cifar`: CIFAR-10 (python batches, loaded
+  safely, never downloaded) and its augmentation in JAX.
+- :mod:`~sgperm_jax.experiments.models`: the Flax NNX MLP, the convnets
+  (Train-by-Reconnect's Conv2, Conv4, Conv13) and ResNet-20.
 - :mod:`~sgperm_jax.experiments.quality`: ``sgperm-jax quality``, the suite.
+- :mod:`~sgperm_jax.experiments.pictures`: ``sgperm-jax pictures``, the
+  README's figures of what permutation training did.
 - :mod:`~sgperm_jax.experiments.diagnostics`: what a permutation step did.
 - :mod:`~sgperm_jax.experiments.bench`: ``sgperm-jax bench``, speed.
 """

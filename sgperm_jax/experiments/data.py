@@ -1,9 +1,10 @@
-"""Data sets for the trainer: bundled 8x8 digits, MNIST-style IDX files, CSV.
+"""Data sets for the trainer: 8x8 digits, MNIST-style IDX, CSV, CIFAR-10.
 
-Every loader returns a :class:`Dataset` of images ``(count, height, width, 1)``
-as float32 in ``[0, 1]`` and integer labels. A missing or malformed file raises
-:class:`DataError`, whose message names the file and what is wrong with it, so
-the command line can print it as one line.
+Every loader returns a :class:`Dataset` of images ``(count, height, width,
+channels)`` (one channel, or three for CIFAR-10) as float32 in ``[0, 1]`` and
+integer labels. A missing or malformed file raises :class:`DataError`, whose
+message names the file and what is wrong with it, so the command line can
+print it as one line.
 
 * ``"digits"``: scikit-learn's bundled 8x8 digits (1797 images, no download),
   with a fixed train/test split.
@@ -15,6 +16,9 @@ the command line can print it as one line.
   one named alike (``...-labels-idx1-ubyte[.gz]``) beside it. It is split.
 * a CSV file (optionally ``.gz``): one image per line, ``side * side`` pixel
   values in ``0..255`` followed by the label. It is split.
+* ``"cifar10:PATH"``: the python batches of CIFAR-10 in the directory
+  ``PATH`` (:func:`sgperm_jax.experiments.cifar.load_cifar10`; never
+  downloaded), with its own test batch.
 
 Splits are fixed (they do not depend on the training seed), so every run
 is evaluated on the same test images.
@@ -45,7 +49,7 @@ class DataError(ValueError):
 class Dataset:
   """Images in ``[0, 1]`` with integer labels, split into train and test."""
   name: str
-  x_train: np.ndarray  # float32 (count, height, width, 1)
+  x_train: np.ndarray  # float32 (count, height, width, channels)
   y_train: np.ndarray  # int32 (count,)
   x_test: np.ndarray
   y_test: np.ndarray
@@ -317,14 +321,18 @@ def load_csv(path: str | os.PathLike) -> Dataset:
   return split(str(path), images, labels.astype(np.int32))
 
 
-def load_dataset(spec: str) -> Dataset:
-  """Loads ``"digits"``, a CSV file, an IDX images file or an IDX directory.
+CIFAR10_PREFIX = "cifar10:"
 
-  Files whose name ends in ``.csv`` or ``.csv.gz`` are read as CSV, anything
-  else as IDX.
+
+def load_dataset(spec: str) -> Dataset:
+  """Loads ``"digits"``, CIFAR-10, a CSV file or IDX files.
+
+  ``"cifar10:PATH"`` reads the CIFAR-10 python batches in the directory
+  ``PATH``. Files whose name ends in ``.csv`` or ``.csv.gz`` are read as CSV,
+  anything else as IDX.
 
   Args:
-    spec: ``"digits"`` or a path.
+    spec: ``"digits"``, ``"cifar10:PATH"`` or a path.
 
   Returns:
     A :class:`Dataset`.
@@ -334,6 +342,13 @@ def load_dataset(spec: str) -> Dataset:
   """
   if spec == "digits":
     return load_digits()
+  if spec.startswith(CIFAR10_PREFIX) or spec == "cifar10":
+    directory = spec[len(CIFAR10_PREFIX):]
+    if not directory:
+      raise DataError(f"{spec}: name the directory of the CIFAR-10 python"
+                      " batches, as cifar10:PATH (nothing is downloaded)")
+    from sgperm_jax.experiments import cifar  # noqa: PLC0415 (lazy import)
+    return cifar.load_cifar10(directory)
   path = pathlib.Path(spec)
   if not path.exists():
     raise DataError(f"{path}: no such file or directory")

@@ -7,10 +7,16 @@ same batches, for several seeds. Permutation optimizers are scored on their
 exact weights (:func:`sgperm_jax.exact_params`); LaPerm is also scored on its
 free weights, which shows what the synchronisation costs.
 
+``--sparse`` runs a different sweep instead: the digits MLP with sparse
+kernels (:func:`sgperm_jax.initializers.sparse`: a random fraction
+``density`` of each kernel row nonzero, He-initialised) for several
+densities, trained by SGPerm and LaPerm, which keep every row's zeros and so
+only rewire the net; its table gives the test accuracy per density.
+
 ``--preset quick`` runs in a few minutes on a 2-core CPU; ``--preset full``
 trains longer, on more seeds. The result is a markdown table (stdout and
-``--md``), JSON (``--json``) and a bar chart (``--plot``). Run
-``sgperm-jax quality -h`` for the options.
+``--md``), JSON (``--json``) and a bar chart, or accuracy against density
+(``--plot``). Run ``sgperm-jax quality -h`` for the options.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from jax import lax
 import sgperm_jax
 from sgperm_jax import cli
 from sgperm_jax import _layout
+from sgperm_jax import initializers
 from sgperm_jax.experiments import data as data_lib
 from sgperm_jax.experiments import models
 from sgperm_jax.experiments.train import name_list
@@ -47,6 +54,9 @@ PAPER_OPTIMIZERS = ("sgperm-paper", "laperm-paper", "sgperm-adam-paper",
                     "adam-fixed-norms")
 PERMUTATION_OPTIMIZERS = ("sgperm", "laperm", "sgperm-adam", "sgperm-paper",
                           "laperm-paper", "sgperm-adam-paper")
+# The sweep of --sparse: kernel densities and the optimizers that keep them.
+SPARSE_DENSITIES = (1.0, 0.5, 0.2, 0.1)
+SPARSE_OPTIMIZERS = ("sgperm", "laperm")
 
 
 # ------------------------------------------------------------------ the data
@@ -182,6 +192,29 @@ def _regression_model(width: int, seed: int) -> PermutedRegression:
   return PermutedRegression(width, rngs=nnx.Rngs(seed))
 
 
+@functools.cache  # one initialiser per density: its draws compile once
+def _sparse_he(density: float) -> initializers.Initializer:
+  return initializers.sparse(
+      jax.nn.initializers.variance_scaling(2.0 / density, "fan_in",
+                                           "truncated_normal"), density)
+
+
+def sparse_mlp(density: float, seed: int, image_shape: Sequence[int] = (
+    8, 8, 1), num_classes: int = 10) -> nnx.Module:
+  """The suite's MLP with every kernel drawn by
+  ``initializers.sparse(he, density)``: ``row_nonzeros(fan_in, density)``
+  nonzero weights per unit, He-normal (truncated) with the variance scaled
+  by ``1 / density``, so that each unit's input keeps the variance of a
+  dense He initialisation. Biases stay zero."""
+  model = models.make_model("mlp", image_shape, num_classes, seed=seed)
+  init = _sparse_he(density)
+  layers = model.layers  # type: ignore[attr-defined]
+  keys = jax.random.split(jax.random.key(seed), len(layers))
+  for key, layer in zip(keys, layers):
+    layer.kernel = nnx.Param(init(key, layer.kernel[...].shape))
+  return model
+
+
 # ----------------------------------------------------------------- the tasks
 
 
@@ -196,6 +229,7 @@ class Task:
   batch_size: int = 32
   regression: bool = False  # scored by test MSE, not accuracy
   frozen: Callable[[tuple[Any, ...]], bool] | None = None  # by leaf path
+  density: float | None = None  # of the kernels' rows, for --sparse
 
 
 def _frozen_hidden(path: tuple[Any, ...]) -> bool:
@@ -236,6 +270,18 @@ def tasks(csv: str | None = None, widths: Sequence[int] = (16, 64)
                     lambda s: models.make_model("mlp", (28, 28, 1), 10,
                                                 seed=s, hidden=(100,)),
                     {"quick": 3, "full": 10}, batch_size=64))
+  return {t.name: t for t in out}
+
+
+def sparse_tasks(densities: Sequence[float] = SPARSE_DENSITIES
+                 ) -> dict[str, Task]:
+  """The tasks of ``--sparse``: :func:`sparse_mlp` on the digits, one per
+  kernel density, by name (``sparse-mlp-d0.5``)."""
+  out = [Task(f"sparse-mlp-d{d:g}",
+              f"MLP 64-128-10, digits, {d:.0%} of each kernel row nonzero",
+              _digits, functools.partial(sparse_mlp, d),
+              {"quick": 10, "full": 30}, density=d)
+         for d in densities]
   return {t.name: t for t in out}
 
 
@@ -471,7 +517,9 @@ def summarize(runs: Sequence[Run], task_list: Sequence[Task]
                        metric="test MSE" if task.regression else "accuracy",
                        seeds=len(mine), score=score, score_std=score_std,
                        free_score=free, free_score_std=free_std,
-                       seconds=float(np.mean([r.seconds for r in mine]))))
+                       seconds=float(np.mean([r.seconds for r in mine])),
+                       **({} if task.density is None
+                          else {"density": task.density})))
   return rows
 
 
@@ -508,6 +556,67 @@ def markdown(rows: Sequence[dict[str, Any]], task_list: Sequence[Task]
   return "\n".join(lines)
 
 
+def _percent(row: dict[str, Any] | None, key: str = "score") -> str:
+  if row is None:
+    return "-"
+  return f"{100 * row[key]:.1f} ± {100 * row[key + '_std']:.1f}"
+
+
+def density_markdown(rows: Sequence[dict[str, Any]],
+                     fan_ins: Sequence[int] = (64, *models.DEFAULT_HIDDEN)
+                     ) -> str:
+  """The table of ``--sparse``: one line per density, with the nonzero
+  weights per unit of each layer (of ``fan_ins`` inputs), each optimizer's
+  test accuracy in percent (mean ± std over seeds; its exact weights) and
+  LaPerm's free weights."""
+  present = [o for o in OPTIMIZERS + PAPER_OPTIMIZERS
+             if any(r["optimizer"] == o for r in rows)]
+  free = "laperm" in present
+  head = ["density", "nonzero per unit", *(f"{o} % accuracy" for o in present),
+          *(["laperm free"] if free else []), "seconds/run"]
+  lines = ["| " + " | ".join(head) + " |",
+           "|---:|---|" + "---:|" * (len(head) - 2)]
+  for density in sorted({r["density"] for r in rows}, reverse=True):
+    by_opt = {r["optimizer"]: r for r in rows if r["density"] == density}
+    kept = ", ".join(f"{initializers.row_nonzeros(n, density)}/{n}"
+                     for n in fan_ins)
+    cells = [f"{density:g}", kept, *(_percent(by_opt.get(o)) for o in present)]
+    if free:
+      cells.append(_percent(by_opt.get("laperm"), "free_score"))
+    cells.append(" / ".join(f"{by_opt[o]['seconds']:.1f}" for o in present
+                            if o in by_opt))
+    lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def plot_density(rows: Sequence[dict[str, Any]], path: pathlib.Path) -> None:
+  """Test accuracy against kernel density, a line per optimizer (error
+  bars: std over seeds); LaPerm's free weights dashed."""
+  from sgperm_jax import plotting  # noqa: PLC0415 (lazy import)
+  fig = plotting.figure((5.0, 3.6))
+  ax = fig.add_subplot(1, 1, 1)
+  names = list(dict.fromkeys(r["optimizer"] for r in rows))
+  for i, opt in enumerate(names):
+    mine = sorted((r for r in rows if r["optimizer"] == opt),
+                  key=lambda r: r["density"])
+    x = [r["density"] for r in mine]
+    ax.errorbar(x, [r["score"] for r in mine],
+                yerr=[r["score_std"] for r in mine], marker="o",
+                color=f"C{i}", label=opt, capsize=3)
+    if opt == "laperm":
+      ax.plot(x, [r["free_score"] for r in mine], "--", color=f"C{i}",
+              label="laperm free")
+  ax.set_xscale("log")
+  densities = sorted({r["density"] for r in rows})
+  ax.set_xticks(densities, [f"{d:g}" for d in densities])
+  ax.minorticks_off()
+  ax.set_xlabel("density of each kernel row")
+  ax.set_ylabel("test accuracy")
+  ax.set_title("sparse MLP, digits", fontsize=9)
+  ax.legend(fontsize=8)
+  fig.savefig(path, dpi=100)
+
+
 def plot(rows: Sequence[dict[str, Any]], path: pathlib.Path) -> None:
   """Bars of each task's score per optimizer (error bars: std over seeds)."""
   from sgperm_jax import plotting  # noqa: PLC0415 (lazy import)
@@ -537,6 +646,17 @@ def _json_object(text: str) -> dict[str, Any]:
   return value
 
 
+def _densities(text: str) -> tuple[float, ...]:
+  try:
+    values = tuple(float(t) for t in text.split(",") if t.strip())
+  except ValueError:
+    values = ()
+  if not values or not all(0.0 < v <= 1.0 for v in values):
+    raise argparse.ArgumentTypeError(
+        f"expected comma-separated densities in (0, 1], got {text!r}")
+  return values
+
+
 def _overrides(args: argparse.Namespace) -> Overrides:
   return Overrides(args.sgperm_options, args.laperm_options, args.inner_lr)
 
@@ -553,9 +673,19 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--seeds", type=int, default=3, help="seeds per task")
   p.add_argument("--tasks", default=None,
                  help="comma-separated task names (default: all of them)")
-  p.add_argument("--optimizers", default=",".join(OPTIMIZERS),
+  p.add_argument("--optimizers", default=None,
                  help="comma-separated optimizers, of "
-                      + ", ".join(OPTIMIZERS + PAPER_OPTIMIZERS))
+                      + ", ".join(OPTIMIZERS + PAPER_OPTIMIZERS)
+                      + " (default: " + ",".join(OPTIMIZERS) + "; with"
+                      " --sparse: " + ",".join(SPARSE_OPTIMIZERS) + ")")
+  p.add_argument("--sparse", nargs="?", metavar="DENSITIES",
+                 type=_densities,
+                 const=",".join(f"{d:g}" for d in SPARSE_DENSITIES),
+                 help="instead of the suite, train the digits MLP with"
+                      " sparse kernels of these comma-separated densities"
+                      " (the fraction of each kernel row that is nonzero;"
+                      " default: none, alone: "
+                      + ",".join(f"{d:g}" for d in SPARSE_DENSITIES) + ")")
   p.add_argument("--csv", default=None,
                  help="an MNIST-style CSV (label, 784 pixels) to add the"
                       " mlp-csv task")
@@ -604,12 +734,18 @@ def main(argv: Sequence[str] | None = None) -> int:
   """Runs the suite; returns the exit status (2 for a bad option)."""
   parser = build_parser()
   args = parser.parse_args(argv)
-  known = tasks(args.csv)
+  if isinstance(args.sparse, str):  # the const: argparse does not convert it
+    args.sparse = _densities(args.sparse)
+  if args.sparse and (args.tasks or args.csv or args.diagnose):
+    parser.error("--sparse runs its own tasks: it takes no --tasks, --csv"
+                 " or --diagnose")
+  known = sparse_tasks(args.sparse) if args.sparse else tasks(args.csv)
+  default_optimizers = SPARSE_OPTIMIZERS if args.sparse else OPTIMIZERS
   try:
     names = (list(known) if args.tasks is None
              else name_list(args.tasks, list(known), "task(s)"))
-    optimizers = name_list(args.optimizers, OPTIMIZERS + PAPER_OPTIMIZERS,
-                        "optimizer(s)")
+    optimizers = name_list(args.optimizers or ",".join(default_optimizers),
+                           OPTIMIZERS + PAPER_OPTIMIZERS, "optimizer(s)")
   except argparse.ArgumentTypeError as e:
     parser.error(str(e))
   if args.seeds < 1:
@@ -642,7 +778,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               f" (free {run.free_score:.4f}) in {run.seconds:.1f} s",
               file=sys.stderr, flush=True)
   rows = summarize(runs, chosen)
-  table = markdown(rows, chosen)
+  table = density_markdown(rows) if args.sparse else markdown(rows, chosen)
   print(table)
   print(f"\n{len(runs)} runs in {time.perf_counter() - start:.0f} s"
         f" ({jax.devices()[0].platform}, preset {args.preset})")
@@ -651,11 +787,12 @@ def main(argv: Sequence[str] | None = None) -> int:
   if args.json:
     pathlib.Path(args.json).write_text(json.dumps(dict(
         preset=args.preset, seeds=args.seeds, backend=jax.default_backend(),
+        sparse=args.sparse,
         sgperm_options=args.sgperm_options,
         laperm_options=args.laperm_options, inner_lr=args.inner_lr,
         rows=rows, runs=[dataclasses.asdict(r) for r in runs]), indent=1))
   if args.plot:
-    plot(rows, pathlib.Path(args.plot))
+    (plot_density if args.sparse else plot)(rows, pathlib.Path(args.plot))
   return 0
 
 
