@@ -67,6 +67,7 @@ import math
 import numbers
 import os
 import sys
+import tempfile
 import zipfile
 from collections.abc import Callable, Mapping
 from typing import Any, Final, cast
@@ -111,7 +112,10 @@ def _bits(x: np.ndarray) -> np.ndarray:
 
 
 def _is_float(dtype: np.dtype) -> bool:
-  return bool(jnp.issubdtype(dtype, jnp.floating))
+  """Whether leaves of ``dtype`` can be stored as permutations: floats of
+  2, 4 or 8 bytes (the sizes the exact order key knows; float8 is raw)."""
+  return bool(jnp.issubdtype(dtype, jnp.floating)) and (
+      dtype.itemsize in (2, 4, 8))
 
 
 _rank_key = jax.jit(rank_key)  # one program per shape, not one per op
@@ -390,8 +394,17 @@ def save_permutation(path: PathLike, params: Any, opt_state: Any = None, *,
   arrays = sections.arrays()
   arrays[_METADATA] = np.frombuffer(json.dumps(metadata).encode(), np.uint8)
   save: Callable[..., None] = np.savez_compressed if compress else np.savez
-  with open(path, "wb") as f:
-    save(f, **arrays)
+  # Written beside the target, then renamed: a failure leaves no torn file.
+  fd, tmp = tempfile.mkstemp(prefix=".sgperm-", suffix=".npz",
+                             dir=os.path.dirname(os.path.abspath(path)))
+  try:
+    with os.fdopen(fd, "wb") as f:
+      save(f, **arrays)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
   file_bytes = os.path.getsize(path)
   raw32 = 4 * sum(int(np.size(x)) for x in leaves)
   return dict(path=path, mode=metadata["mode"], leaves=stored,
@@ -435,6 +448,9 @@ def _read(path: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         f"sgperm_jax: load_permutation: {path!r} has format version"
         f" {metadata.get('version')!r}; this sgperm_jax reads version"
         f" {VERSION}")
+  if metadata.get("mode") not in ("bank", "init_fn") or not isinstance(
+      metadata.get("leaves"), list):
+    raise _not_ours(path, "its metadata has no valid mode and leaves")
   if metadata.get("byteorder", sys.byteorder) != sys.byteorder:
     raise ValueError(
         f"sgperm_jax: load_permutation: {path!r} was written on a"
@@ -477,9 +493,12 @@ def _load_leaf(entry: dict[str, Any], arrays: dict[str, np.ndarray],
            if initial is not None else " (the file is corrupt)"))
   index = _section(arrays, f"index_{entry['index_dtype']}", entry["offset"],
                    count, path).reshape(rows, n).astype(np.intp)
-  if index.size and (index.min() < 0 or index.max() >= n):
+  if index.size and not np.array_equal(np.sort(index, axis=-1),
+                                       np.broadcast_to(np.arange(n),
+                                                       index.shape)):
     raise ValueError(f"sgperm_jax: load_permutation: leaf {_shown(path)}:"
-                     " an index is out of range (the file is corrupt)")
+                     " the indices of a row are not a permutation of it"
+                     " (the file is corrupt)")
   values = np.take_along_axis(bank, index, axis=-1)
   return np.ascontiguousarray(_layout.from_rows(cast(Any, values), spec,
                                                 shape))

@@ -32,6 +32,7 @@ from __future__ import annotations
 import functools
 import math
 import numbers
+import operator
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
@@ -113,7 +114,7 @@ def _shape(shape: Any) -> tuple[int, ...]:
   if isinstance(shape, numbers.Integral):
     shape = (shape,)
   try:
-    out = tuple(int(d) for d in shape)
+    out = tuple(operator.index(d) for d in shape)
   except TypeError as e:
     raise TypeError(
         f"sgperm_jax: shape must be a sequence of integers, got {shape!r}"
@@ -165,8 +166,9 @@ def _draw_agnostic(key: jax.Array, value: float, density: float, sign: str,
                    shape: tuple[int, ...], dtype: Any) -> jax.Array:
   magnitude = jnp.asarray(_value_in(value, dtype))
   k_sign, k_mask = jax.random.split(key)
-  if sign == "random":
-    w = magnitude * jax.random.rademacher(k_sign, shape, dtype)  # exact
+  if sign == "random":  # chosen, not multiplied: a subnormal value stays
+    w = jnp.where(jax.random.bernoulli(k_sign, 0.5, shape), magnitude,
+                  -magnitude).astype(dtype)
   else:
     w = jnp.full(shape, magnitude if sign == "positive" else -magnitude,
                  dtype)

@@ -332,3 +332,24 @@ def test_a_damaged_file_is_reported(tmp_path):
   with pytest.raises(ValueError, match="format version 99"):
     export.load_permutation(path)
   assert zipfile.is_zipfile(path)
+
+
+def test_repeated_indices_are_reported(tmp_path):
+  path = tmp_path / "w.npz"
+  export.save_permutation(path, {"w": np.arange(4.0, dtype=np.float32)})
+  with np.load(path) as npz:
+    arrays = dict(npz)
+  arrays["index_uint8"] = np.zeros_like(arrays["index_uint8"])
+  np.savez(path, **arrays)
+  with pytest.raises(ValueError, match=r"^sgperm_jax: .*\['w'\].* not a"
+                     " permutation"):
+    export.load_permutation(path)
+
+
+def test_float8_leaves_are_stored_raw(tmp_path):
+  f8 = jnp.dtype(jnp.float8_e4m3fn)
+  tree = {"w": np.arange(8.0).reshape(4, 2).astype(f8),
+          "v": np.arange(6.0, dtype=np.float32)}
+  info = export.save_permutation(tmp_path / "w.npz", tree)
+  assert info["leaves"] == {"['v']": "permutation", "['w']": "raw"}
+  _assert_same_bits(export.load_permutation(tmp_path / "w.npz"), tree)

@@ -26,7 +26,9 @@ DENSITIES = st.sampled_from([1.0, 0.5, 0.1])
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16,
           "float16": jnp.float16}
 # One object each, so that the compiled draws are shared between tests.
-UNIFORM = jax.nn.initializers.uniform(1.0)  # never draws 0 in (0, 1)
+def UNIFORM(key, shape, dtype=jnp.float32):
+  """Uniform in [1, 2): never 0, so every kept slot is nonzero."""
+  return 1 + jax.random.uniform(key, shape, dtype)
 NORMAL = jax.nn.initializers.normal()
 
 
@@ -226,3 +228,13 @@ def test_permutation_training_rewires_sparse_and_agnostic_nets(make_tx,
            for k in init]
   assert any(moved), "nothing was rewired: the test shows nothing"
   assert float(_loss(exact, x, y)) < float(_loss(init, x, y))
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16", "float32"])
+def test_a_subnormal_value_is_kept_with_either_sign(dtype):
+  dtype = jnp.dtype(dtype)
+  value = float(jnp.finfo(dtype).smallest_subnormal) * 3
+  w = initializers.agnostic(value, 0.5)(jax.random.key(0), (6, 3), dtype)
+  assert (_row_counts(w) == initializers.row_nonzeros(6, 0.5)).all()
+  magnitudes = np.unique(np.abs(np.asarray(w, np.float64)))
+  assert magnitudes.tolist() == [0.0, float(jnp.asarray(value, dtype))]

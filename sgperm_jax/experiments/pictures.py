@@ -20,6 +20,7 @@ docs/images`` remakes the README's copies (about a minute on 2 CPU cores).
 from __future__ import annotations
 
 import argparse
+import functools
 import pathlib
 import sys
 import tempfile
@@ -89,6 +90,7 @@ def export_sizes(directory: pathlib.Path, *, seed: int = 0) -> str:
            " with `init_fn` | `init_fn`, compressed |",
            "|---|---:|---:|---:|---:|---:|---:|"]
   for name in ("mlp", "conv"):
+    @functools.cache  # built once, though every save and load asks for it
     def init_fn(s, name=name):
       model = models.make_model(name, (8, 8, 1), 10, seed=s)
       return nnx.to_pure_dict(nnx.state(model, nnx.Param))
