@@ -119,6 +119,7 @@ def test_round_trip_after_sgperm_steps_is_bit_exact(tmp_path, mode):
   assert any(n.startswith("bank_") for n in names) == (mode == "bank")
 
 
+@pytest.mark.slow  # shares the trained net of the round trips above
 def test_the_template_gives_the_structure(tmp_path):
   _, params, state = _trained()
   path = tmp_path / "net.npz"
