@@ -22,9 +22,10 @@ LaPerm's ranks: ``-0.0`` as ``+0.0``, NaNs last, subnormals by value), ties
 broken by bit pattern, so that two rows holding the same bit patterns have
 the same bank whatever their order. Leaves that are not rows of permuted
 values are stored as they are (*raw*): leaves with the layout ``None``,
-scalars, rows of one value, leaves that are not real floating, and, when the
-banks come from ``init_fn``, leaves that are not a permutation of their
-initial values (say biases trained by Adam beside SGPerm). Loading gives back
+scalars, rows of one value, leaves that are not 16, 32 or 64-bit floats
+(float8 too: no exact order key is defined for it here), and, when the banks
+come from ``init_fn``, leaves that are not a permutation of their initial
+values (say biases trained by Adam beside SGPerm). Loading gives back
 every leaf bit for bit (``-0.0``, NaN payloads and subnormals included).
 
 The file is one ``.npz`` archive read without pickle: a JSON metadata entry
@@ -32,9 +33,9 @@ The file is one ``.npz`` archive read without pickle: a JSON metadata entry
 shape, dtype, layout, how it is stored and where) and a few flat arrays
 (the banks' bit patterns, the indices per integer type, the raw leaves'
 bytes). bfloat16 and the other dtypes NumPy cannot save natively are stored
-as their bits. Trees of nested dicts (Flax NNX states included), lists and
-tuples are rebuilt as they were; any other tree is loaded into a template
-(``like``).
+as their bits. Without a template, nested mappings come back as plain
+dicts (a Flax NNX state too), and lists and tuples as lists and tuples; any
+other tree, or the exact container types, needs a template (``like``).
 
 Example:
   >>> import os, tempfile
@@ -522,10 +523,14 @@ def _into(like: Any, metadata: dict[str, Any], leaves: dict[str, np.ndarray]
   for path, template in zip(paths, templates):
     x = leaves[path]
     shape = getattr(template, "shape", None)
-    if shape is not None and tuple(shape) != x.shape:
+    dtype = getattr(template, "dtype", None)
+    if (shape is not None and tuple(shape) != x.shape) or (
+        dtype is not None and np.dtype(dtype) != x.dtype):
       raise ValueError(
-          f"sgperm_jax: load_permutation: leaf {_shown(path)} is saved with"
-          f" shape {x.shape}; like has {tuple(shape)}")
+          f"sgperm_jax: load_permutation: leaf {_shown(path)} is saved as"
+          f" {x.dtype}{list(x.shape)}; like has"
+          f" {np.dtype(dtype) if dtype is not None else '?'}"
+          f"{list(shape) if shape is not None else ''}")
   return jax.tree.structure(like).unflatten([leaves[p] for p in paths])
 
 

@@ -126,8 +126,12 @@ def _shape(shape: Any) -> tuple[int, ...]:
 
 def _value_in(value: float, dtype: Any) -> np.ndarray:
   """``value`` rounded to ``dtype``; ValueError unless finite and > 0."""
-  with np.errstate(over="ignore"):
-    rounded = np.asarray(value, dtype)
+  try:
+    with np.errstate(over="ignore"):
+      rounded = np.asarray(value, dtype)
+  except (OverflowError, TypeError, ValueError) as e:
+    raise ValueError(f"sgperm_jax: value {value!r} is not a number that"
+                     f" {jnp.dtype(dtype).name} can hold") from e
   if not (np.isfinite(rounded.astype(np.float64))
           and rounded.astype(np.float64) > 0):
     raise ValueError(
@@ -144,9 +148,9 @@ def _sparse_values(key: jax.Array, base_init: Initializer, density: float,
                    shape: tuple[int, ...], dtype: Any) -> jax.Array:
   k_values, k_mask = jax.random.split(key)
   w = jnp.asarray(base_init(k_values, shape, dtype))
-  if w.shape != shape:
-    raise ValueError(f"sgperm_jax: base_init returned shape {w.shape} for"
-                     f" shape {shape}")
+  if w.shape != shape or w.dtype != dtype:
+    raise ValueError(f"sgperm_jax: base_init returned {w.dtype}{list(w.shape)}"
+                     f" for {jnp.dtype(dtype).name}{list(shape)}")
   return jnp.where(_mask(k_mask, shape, density), w, jnp.zeros_like(w))
 
 
@@ -216,13 +220,18 @@ def sparse(base_init: Initializer, density: float) -> Initializer:
     raise TypeError(
         f"sgperm_jax: base_init must be an initialiser, got {base_init!r}")
   density = _check_density(density)
-  hashable = _hashable(base_init)  # else not a static argument of jit
+  draw: Callable[..., jax.Array]
+  if _hashable(base_init):  # shared with every equal initialiser
+    draw = functools.partial(_draw_sparse, base_init=base_init,
+                             density=density)
+  else:  # not a static argument of jit: compiled for this one
+    draw = jax.jit(lambda key, shape, dtype: _sparse_values(
+        key, base_init, density, shape, dtype), static_argnums=(1, 2))
 
   def init(key: jax.Array, shape: Sequence[int] | int,
            dtype: Any = jnp.float_) -> jax.Array:
-    draw = _draw_sparse if hashable else _sparse_values
-    return draw(key, base_init, density, _shape(shape),
-                jax.dtypes.canonicalize_dtype(dtype))
+    return draw(key, shape=_shape(shape),
+                dtype=jax.dtypes.canonicalize_dtype(dtype))
 
   return init
 

@@ -120,6 +120,17 @@ def test_jit_gives_the_eager_result():
   jitted = jax.jit(init, static_argnums=(1, 2))(jax.random.key(3), (8, 5),
                                                  jnp.float32)
   np.testing.assert_array_equal(helpers.bits(eager), helpers.bits(jitted))
+  # An unhashable base_init cannot be a static argument of the compiled
+  # draw: it is drawn op by op instead, to the same weights.
+
+  class Unhashable:
+    __hash__ = None
+
+    def __call__(self, key, shape, dtype=jnp.float32):
+      return NORMAL(key, shape, dtype)
+
+  drawn = sparse(Unhashable(), 0.5)(jax.random.key(3), (8, 5))
+  np.testing.assert_array_equal(helpers.bits(drawn), helpers.bits(eager))
 
 
 def test_scalars_vectors_and_empty_shapes():

@@ -197,3 +197,25 @@ def test_off_by_default_and_named_errors():
       optax.sgd(1.0), **kw)):
     with pytest.raises(TypeError, match="sgperm_jax: track_stats"):
       make(track_stats="yes")
+
+
+@pytest.mark.slow
+def test_read_from_an_nnx_optimizer():
+  from flax import nnx  # noqa: PLC0415 (the [train] extra)
+  model = nnx.Sequential(nnx.Linear(8, 6, rngs=nnx.Rngs(0)), nnx.relu,
+                         nnx.Linear(6, 3, rngs=nnx.Rngs(1)))
+  opt = nnx.Optimizer(model, sgperm_jax.sgperm(lamda0=0.5, track_stats=True),
+                      wrt=nnx.Param)
+  x, y = jnp.linspace(-1, 1, 32).reshape(4, 8), jnp.array([0, 1, 2, 0])
+
+  @nnx.jit
+  def step(model, opt):
+    loss = lambda m: optax.softmax_cross_entropy_with_integer_labels(
+        m(x), y).mean()
+    opt.update(model, nnx.grad(loss)(model))
+
+  step(model, opt)
+  stats = sgperm_jax.permutation_stats(opt.opt_state)
+  kernel = stats["layers"][2]["kernel"]
+  assert int(kernel.step) == 1 and 0 < float(kernel.moved_fraction) <= 1
+  assert int(stats["layers"][0]["bias"].cycles) == 0  # zeros: nothing moves
