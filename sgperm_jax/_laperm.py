@@ -19,9 +19,11 @@ import jax
 import jax.numpy as jnp
 import optax
 from jax import lax
+from jax.sharding import PartitionSpec as P
 
 from sgperm_jax import _checks
 from sgperm_jax import _layout
+from sgperm_jax import _sharding
 from sgperm_jax import _stats
 from sgperm_jax._laperm_sync import laperm_sync, rank_key
 from sgperm_jax._stats import SyncStats
@@ -92,7 +94,9 @@ def _synced_view(bank: Any, params: Any, started: jax.Array) -> Any:
   def view(bank_leaf, p):
     if _is_masked(bank_leaf) or _is_masked(p):
       return p
-    return jnp.where(started, _synchronize(bank_leaf, p), p)
+    whole = lambda x: _sharding.as_spec(jnp.asarray(x), P())  # row sorts
+    synced = _sharding.like(_synchronize(whole(bank_leaf), whole(p)), p)
+    return jnp.where(started, synced, p)
 
   return jax.tree.map(view, bank, params, is_leaf=_is_masked)
 

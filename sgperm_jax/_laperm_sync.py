@@ -23,9 +23,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.sharding import PartitionSpec as P
 
 from sgperm_jax import _native
 from sgperm_jax import _packing
+from sgperm_jax import _sharding
 from sgperm_jax._partition import _ordered, sort_key, unsigned_key
 from sgperm_jax._sorting import wide_ints
 
@@ -137,8 +139,13 @@ def laperm_sync(params: list[jax.Array], updates: list[jax.Array],
       ``sorted(initial)[rank(params + updates)]``, row by row.
 
   Returns:
-    The banks and the updates.
+    The banks and the updates, in the shardings of ``bank`` and
+    ``updates``. Leaves sharded with explicit axes are synchronised whole on
+    every device (a row sort cannot be split), then handed back sharded.
   """
+  given_bank, given_updates = bank, updates
+  whole = lambda xs: [_sharding.as_spec(jnp.asarray(x), P()) for x in xs]
+  params, updates, bank = whole(params), whole(updates), whole(bank)
   groups: dict[Any, list[int]] = {}
   for i, (p, u) in enumerate(zip(params, updates)):
     groups.setdefault((jnp.dtype(p.dtype), jnp.dtype(u.dtype)), []).append(i)
@@ -156,6 +163,6 @@ def laperm_sync(params: list[jax.Array], updates: list[jax.Array],
     out_bank, out_updates = lax.platform_dependent(group, fill, sync,
                                                    **branches)
     for k, i in enumerate(members):
-      new_bank[i] = out_bank[k]
-      new_updates[i] = out_updates[k]
+      new_bank[i] = _sharding.like(out_bank[k], given_bank[i])
+      new_updates[i] = _sharding.like(out_updates[k], given_updates[i])
   return new_bank, new_updates

@@ -125,7 +125,7 @@ def center_rows(x: jax.Array, spec: RowLayout, *, active_only: bool = False
   wide = x.astype(jnp.promote_types(x.dtype, jnp.float32))
   axes = row_axes(x.ndim, spec)
   active = (jnp.isfinite(wide) & (wide != 0) if active_only
-            else jnp.ones(wide.shape, bool))
+            else jnp.ones_like(wide, dtype=bool))  # keeps its sharding
   total = jnp.sum(jnp.where(active, wide, 0), axis=axes, keepdims=True)
   count = jnp.sum(active, axis=axes, keepdims=True)
   mean = total / jnp.maximum(count, 1)

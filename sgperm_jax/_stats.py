@@ -21,8 +21,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jax import lax
+from jax.sharding import PartitionSpec as P
 
 from sgperm_jax import _layout
+from sgperm_jax import _sharding
 from sgperm_jax._exact import _pure
 from sgperm_jax._laperm_sync import rank_key
 from sgperm_jax._sorting import wide_ints
@@ -107,10 +109,16 @@ def row_index(shapes: list[tuple[int, ...]], layouts: list[Any]) -> RowIndex:
                   tuple(math.prod(s) for s in shapes), max(lengths, default=1))
 
 
+def _whole(x: Any) -> jax.Array:
+  """``x`` on every device where its type says it is sharded (explicit
+  axes): the record sorts whole rows, which a sharded sort cannot."""
+  return _sharding.as_spec(jnp.asarray(x), P())
+
+
 def flat_rows(leaves: list[jax.Array], index: RowIndex) -> jax.Array:
   """The leaves' rows back to back, as one vector (each leaf's dtype kept if
   they share one, else promoted)."""
-  return jnp.concatenate([_layout.to_rows(jnp.asarray(x), spec).ravel()
+  return jnp.concatenate([_layout.to_rows(_whole(x), spec).ravel()
                           for x, spec in zip(leaves, index.layouts)])
 
 
@@ -126,7 +134,7 @@ def _row_of_slot(index: RowIndex) -> jax.Array:
 
 def _keys(leaves: list[jax.Array], index: RowIndex) -> jax.Array:
   """Integer keys ordering each slot's value exactly (NaNs last), flat."""
-  keys = [rank_key(_layout.to_rows(jnp.asarray(x), spec)).ravel()
+  keys = [rank_key(_layout.to_rows(_whole(x), spec)).ravel()
           for x, spec in zip(leaves, index.layouts)]
   if all(k.dtype.itemsize <= 4 for k in keys):
     return jnp.concatenate([k.astype(jnp.uint32) for k in keys])

@@ -89,3 +89,52 @@ _SCRIPT = textwrap.dedent("""
 @pytest.mark.slow
 def test_sharded_runs_are_bit_identical_and_local():
   helpers.run_with_8_devices(_SCRIPT)
+
+
+_LAPERM_AND_STATS = textwrap.dedent("""
+    import os
+    os.environ["XLA_FLAGS"] += " --xla_backend_optimization_level=0"
+    import jax, jax.numpy as jnp, numpy as np, optax
+    from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+    import sgperm_jax
+
+    mesh = jax.make_mesh((8,), ("x",), axis_types=(AxisType.Explicit,))
+    params = {"w": jax.random.normal(jax.random.key(0), (16, 32)),
+              "b": jnp.linspace(-1.0, 1.0, 32)}
+    # rows split over the devices (a row split within itself sums its
+    # centring mean in another order: not bit-identical)
+    shardings = {"w": P(None, "x"), "b": P()}
+
+    def run(tx, p):
+      state = tx.init(p)
+      step = jax.jit(lambda p, s: (lambda u, s: (
+          optax.apply_updates(p, u), s))(*tx.update(
+              jax.tree.map(jnp.sin, p), s, p)))
+      for _ in range(4):
+        p, state = step(p, state)
+      return (sgperm_jax.exact_params(p, state),
+              sgperm_jax.permutation_stats(state)["w"])
+
+    for tx in (sgperm_jax.sgperm(lamda0=0.5, track_stats=True),
+               sgperm_jax.laperm(optax.adam(0.1), sync_period=2,
+                                 track_stats=True)):
+      with jax.set_mesh(mesh):
+        sharded = jax.device_put(params, jax.tree.map(
+            lambda s: NamedSharding(mesh, s), shardings))
+        exact, stats = run(tx, sharded)
+        for k, s in shardings.items():
+          assert exact[k].sharding.is_equivalent_to(
+              NamedSharding(mesh, s), exact[k].ndim), (k, exact[k].sharding)
+      want_exact, want_stats = run(tx, jax.tree.map(np.asarray, params))
+      for k in params:
+        np.testing.assert_array_equal(np.asarray(exact[k]),
+                                      np.asarray(want_exact[k]))
+      assert all(bool(a == b) for a, b in zip(stats, want_stats)), stats
+      assert float(stats.moved_fraction) > 0
+    print("OK")
+""")
+
+
+@pytest.mark.slow
+def test_laperm_and_stats_with_explicit_sharding_match_one_device():
+  helpers.run_with_8_devices(_LAPERM_AND_STATS)
