@@ -180,12 +180,17 @@ def _encode(node: Any, path: tuple[Any, ...]) -> Any:
   raise _Unsupported(f"a node of type {type(node).__name__}")
 
 
+# The structure saved for a tree of other nodes (``None`` is a tree of its
+# own: an empty one).
+_UNSUPPORTED = {"unsupported": True}
+
+
 def _structure(tree: Any, paths: list[str]) -> Any:
-  """JSON of ``tree``'s dicts, lists and tuples, or None if it has others."""
+  """JSON of ``tree``'s dicts, lists and tuples, or :data:`_UNSUPPORTED`."""
   try:
     encoded = _encode(tree, ())
   except _Unsupported:
-    return None
+    return _UNSUPPORTED
   found: list[str] = []
 
   def collect(node: Any) -> None:
@@ -198,7 +203,7 @@ def _structure(tree: Any, paths: list[str]) -> Any:
             collect(child[1] if key == "dict" else child)
 
   collect(encoded)
-  return encoded if sorted(found) == sorted(paths) else None
+  return encoded if sorted(found) == sorted(paths) else _UNSUPPORTED
 
 
 def _decode(node: Any, leaves: dict[str, Any]) -> Any:
@@ -589,7 +594,7 @@ def load_permutation(path: PathLike, like: Any = None,
     raise _not_ours(path, f"bad metadata: {type(e).__name__} {e}") from e
   if like is not None:
     return _into(like, metadata, leaves)
-  if metadata["structure"] is None:
+  if metadata["structure"] == _UNSUPPORTED:
     raise ValueError(
         f"sgperm_jax: load_permutation: the tree saved in {path!r} has nodes"
         " other than dicts, lists and tuples: pass a template as like=")

@@ -358,3 +358,9 @@ def test_float8_leaves_are_stored_raw(tmp_path):
   info = export.save_permutation(tmp_path / "w.npz", tree)
   assert info["leaves"] == {"['v']": "permutation", "['w']": "raw"}
   _assert_same_bits(export.load_permutation(tmp_path / "w.npz"), tree)
+
+
+def test_an_empty_tree_round_trips(tmp_path):
+  for tree in (None, {}, []):
+    export.save_permutation(tmp_path / "e.npz", tree)
+    assert export.load_permutation(tmp_path / "e.npz") == tree
