@@ -169,20 +169,6 @@ def _moves(index: RowIndex, before: list[jax.Array], after: list[jax.Array]
     leaf = jnp.asarray(index.leaf_of_row)[row]
     count = index.leaves
 
-    # Ranks: both buffers sorted together, so that a row's run of values
-    # below v has twice the length of the row's count below v.
-    s_row, s_key, s_pos = lax.sort(
-        (jnp.concatenate([row, row]), jnp.concatenate([kb, ka]),
-         lax.iota(jnp.int32, 2 * size)), num_keys=2, is_stable=True)
-    new_run = jnp.concatenate([jnp.ones(1, bool),
-                               (s_row[1:] != s_row[:-1])
-                               | (s_key[1:] != s_key[:-1])])
-    run_start = lax.cummax(jnp.where(new_run, lax.iota(jnp.int32, 2 * size),
-                                     0))
-    ranks = jnp.zeros(2 * size, jnp.int32).at[s_pos].set(
-        (run_start - 2 * starts[s_row]) // 2, unique_indices=True)
-    displacement = jnp.abs(ranks[size:] - ranks[:size])
-
     # The permutation: moved slots paired by value, in slot order.
     stays = (kb == ka).astype(jnp.int32)
     order_before = lax.sort((row, stays, kb, slot), num_keys=3,
@@ -192,6 +178,19 @@ def _moves(index: RowIndex, before: list[jax.Array], after: list[jax.Array]
     place_after = jnp.zeros_like(slot).at[order_after].set(
         slot, unique_indices=True)
     source = order_before[place_after]  # where the value now at i came from
+
+    # Ranks before (the start of each run of equal values in its sorted
+    # row); the value now at i is the one before at source[i], so its rank
+    # is that one's.
+    s_row, s_key, s_slot = lax.sort((row, kb, slot), num_keys=2,
+                                    is_stable=True)
+    new_run = jnp.concatenate([jnp.ones(1, bool),
+                               (s_row[1:] != s_row[:-1])
+                               | (s_key[1:] != s_key[:-1])])
+    run_start = lax.cummax(jnp.where(new_run, slot, 0))
+    rank = jnp.zeros_like(slot).at[s_slot].set(run_start - starts[s_row],
+                                               unique_indices=True)
+    displacement = jnp.abs(rank[source] - rank)
 
     # Cycles: each slot's smallest slot along its cycle, by pointer doubling.
     def halve(_, carry):

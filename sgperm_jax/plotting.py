@@ -352,6 +352,21 @@ def _value_ranks(rows: np.ndarray, reference: np.ndarray) -> np.ndarray:
                    for o, r in zip(ordered, rows)])
 
 
+def _paired_rows(what: str, initial: Any, later: Any, layout: Any
+                 ) -> tuple[np.ndarray, np.ndarray]:
+  """The rows of one leaf at the start and later; ValueError naming
+  ``what`` if the shapes differ or the leaf has no rows."""
+  if np.shape(initial) != np.shape(later):
+    raise ValueError(f"sgperm_jax: {what}: the leaf has shape"
+                     f" {np.shape(initial)} at the start and"
+                     f" {np.shape(later)} later")
+  if _layout.row_shape(tuple(np.shape(initial)), layout) is None:
+    raise ValueError(f"sgperm_jax: {what}: a leaf of shape"
+                     f" {np.shape(initial)} has no rows with layout"
+                     f" {layout!r}")
+  return _rows(initial, layout), _rows(later, layout)
+
+
 def _check_like(initial: Any, current: Any, what: str) -> None:
   if jax.tree.structure(initial) != jax.tree.structure(current):
     raise ValueError(f"sgperm_jax: {what}: the trees differ in structure")
@@ -400,14 +415,7 @@ def rank_map(initial: Any, current: Any, *, layout: Any = "neurons",
     >>> m.before.tolist(), m.after.tolist(), m.counts.tolist()
     ([0.0, 0.25, 0.5, 0.75, 1.0], [0.25, 0.0, 0.5, 0.75, 1.0], [[2, 0], [0, 3]])
   """
-  if np.shape(initial) != np.shape(current):
-    raise ValueError("sgperm_jax: rank_map: initial and current have shapes"
-                     f" {np.shape(initial)} and {np.shape(current)}")
-  if _layout.row_shape(tuple(np.shape(initial)), layout) is None:
-    raise ValueError(f"sgperm_jax: rank_map: a leaf of shape"
-                     f" {np.shape(initial)} has no rows with layout"
-                     f" {layout!r}")
-  start, now = _rows(initial, layout), _rows(current, layout)
+  start, now = _paired_rows("rank_map", initial, current, layout)
   scale = max(start.shape[1] - 1, 1)
   before = (_value_ranks(start, start) / scale).ravel()
   after = (_value_ranks(now, start) / scale).ravel()
@@ -570,15 +578,8 @@ def weight_profile(initial: Any, trained: Any, *, layout: Any = "neurons"
     >>> p.initial.tolist(), p.trained.tolist()
     ([[1.0, 3.0], [0.0, 2.0]], [[1.0, 2.5], [0.0, 2.0]])
   """
-  if np.shape(initial) != np.shape(trained):
-    raise ValueError("sgperm_jax: weight_profile: initial and trained have"
-                     f" shapes {np.shape(initial)} and {np.shape(trained)}")
-  if _layout.row_shape(tuple(np.shape(initial)), layout) is None:
-    raise ValueError(f"sgperm_jax: weight_profile: a leaf of shape"
-                     f" {np.shape(initial)} has no rows with layout"
-                     f" {layout!r}")
-  return WeightProfile(np.sort(_rows(initial, layout), axis=-1),
-                       np.sort(_rows(trained, layout), axis=-1))
+  start, end = _paired_rows("weight_profile", initial, trained, layout)
+  return WeightProfile(np.sort(start, axis=-1), np.sort(end, axis=-1))
 
 
 def plot_weight_profiles(initial: Any, trained: Any, *,
